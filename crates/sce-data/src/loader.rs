@@ -1,0 +1,337 @@
+//! Batches of augmented views as Burn tensors: samples augmented in parallel with rayon, a
+//! producer thread preparing batches ahead of the training step, every random choice drawn from
+//! (seed, epoch, sample index).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
+use burn::data::dataset::DatasetError;
+use burn::tensor::{Device, Tensor, TensorData};
+use fast_image_resize::Resizer;
+use rayon::prelude::*;
+
+use crate::DataError;
+use crate::augment::{EvalTransform, Planes, ViewPipeline};
+use crate::datasets::{ImageSource, Sample};
+use crate::rng::{epoch_order, sample_rng};
+
+/// One training batch: a `[batch, channels, size, size]` tensor per view.
+#[derive(Clone, Debug)]
+pub struct ViewBatch {
+    pub views: Vec<Tensor<4>>,
+    pub labels: Vec<Option<usize>>,
+    /// Dataset indices of the samples, in batch order.
+    pub indices: Vec<usize>,
+}
+
+/// A batch still on the host: per view the floats of a `[batch, c, h, w]` tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostBatch {
+    pub views: Vec<(Vec<f32>, [usize; 4])>,
+    pub labels: Vec<Option<usize>>,
+    pub indices: Vec<usize>,
+}
+
+impl HostBatch {
+    /// Stacks per-sample view planes (`planes[sample][view]`) into per-view buffers.
+    fn stack(planes: Vec<Vec<Planes>>, labels: Vec<Option<usize>>, indices: Vec<usize>) -> Self {
+        let n = planes.len();
+        let views = (0..planes.first().map_or(0, Vec::len))
+            .map(|v| {
+                let first = &planes[0][v];
+                let shape = [n, first.channels, first.height, first.width];
+                let mut data = Vec::with_capacity(shape.iter().product());
+                for sample in &planes {
+                    data.extend_from_slice(&sample[v].data);
+                }
+                (data, shape)
+            })
+            .collect();
+        Self {
+            views,
+            labels,
+            indices,
+        }
+    }
+
+    pub fn into_tensors(self, device: &Device) -> ViewBatch {
+        ViewBatch {
+            views: self
+                .views
+                .into_iter()
+                .map(|(data, shape)| Tensor::from_data(TensorData::new(data, shape), device))
+                .collect(),
+            labels: self.labels,
+            indices: self.indices,
+        }
+    }
+}
+
+/// How batches are formed.
+#[derive(Clone, Debug)]
+pub struct LoaderConfig {
+    pub batch_size: usize,
+    /// Drop the last incomplete batch (the queue needs a constant number of keys per step).
+    pub drop_last: bool,
+    pub shuffle: bool,
+    pub seed: u64,
+    /// Augmentation threads; `None` uses rayon's global pool.
+    pub threads: Option<usize>,
+    /// Batches prepared ahead of the consumer.
+    pub prefetch: usize,
+    /// Replace an unreadable image by the next one (reported in [`ViewLoader::skipped`])
+    /// instead of stopping with an error.
+    pub skip_corrupt: bool,
+}
+
+/// Which epoch the next `iter()` produces and from which batch it starts (for resumes).
+#[derive(Debug, Default)]
+pub struct Cursor {
+    epoch: AtomicU64,
+    start_batch: AtomicUsize,
+}
+
+impl Cursor {
+    pub fn set(&self, epoch: u64, start_batch: usize) {
+        self.epoch.store(epoch, Ordering::SeqCst);
+        self.start_batch.store(start_batch, Ordering::SeqCst);
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+}
+
+struct Shared {
+    source: Arc<dyn ImageSource>,
+    pipeline: ViewPipeline,
+    config: LoaderConfig,
+    pool: Option<rayon::ThreadPool>,
+    skipped: Mutex<Vec<String>>,
+}
+
+/// A Burn [`DataLoader`] of augmented multi-view batches.
+#[derive(Clone)]
+pub struct ViewLoader {
+    shared: Arc<Shared>,
+    cursor: Arc<Cursor>,
+    device: Device,
+}
+
+fn pool(threads: Option<usize>) -> Result<Option<rayon::ThreadPool>, DataError> {
+    threads
+        .map(|n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .map_err(|e| {
+                    DataError::Config(format!("cannot start {n} augmentation threads: {e}"))
+                })
+        })
+        .transpose()
+}
+
+impl ViewLoader {
+    pub fn new(
+        source: Arc<dyn ImageSource>,
+        pipeline: ViewPipeline,
+        config: LoaderConfig,
+        device: Device,
+    ) -> Result<Self, DataError> {
+        if config.batch_size == 0 {
+            return Err(DataError::Config("batch size must be >= 1".into()));
+        }
+        if config.drop_last && source.len() < config.batch_size {
+            return Err(DataError::Config(format!(
+                "the {} training images do not fill one batch of {}",
+                source.len(),
+                config.batch_size
+            )));
+        }
+        if source.channels() != pipeline.normalization.mean.len() {
+            return Err(DataError::Config(format!(
+                "images have {} channels but the normalisation has {} values",
+                source.channels(),
+                pipeline.normalization.mean.len()
+            )));
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                pool: pool(config.threads)?,
+                source,
+                pipeline,
+                config,
+                skipped: Mutex::new(Vec::new()),
+            }),
+            cursor: Arc::new(Cursor::default()),
+            device,
+        })
+    }
+
+    /// Handle to choose the epoch (and first batch) of the next pass.
+    pub fn cursor(&self) -> Arc<Cursor> {
+        self.cursor.clone()
+    }
+
+    pub fn batches_per_epoch(&self) -> usize {
+        let (n, b) = (self.shared.source.len(), self.shared.config.batch_size);
+        if self.shared.config.drop_last {
+            n / b
+        } else {
+            n.div_ceil(b)
+        }
+    }
+
+    /// Images replaced because they could not be read (with `skip_corrupt`).
+    pub fn skipped(&self) -> Vec<String> {
+        self.shared.skipped.lock().unwrap().clone()
+    }
+
+    /// Dataset indices of batch `batch` of `epoch`.
+    pub fn batch_indices(&self, epoch: u64, batch: usize) -> Vec<usize> {
+        let c = &self.shared.config;
+        let n = self.shared.source.len();
+        let order: Vec<usize> = if c.shuffle {
+            epoch_order(c.seed, epoch, n)
+        } else {
+            (0..n).collect()
+        };
+        let start = batch * c.batch_size;
+        order[start.min(n)..(start + c.batch_size).min(n)].to_vec()
+    }
+
+    fn sample(&self, index: usize) -> Result<Sample, DataError> {
+        let source = &self.shared.source;
+        match source.get(index) {
+            Ok(sample) => Ok(sample),
+            Err(e) if self.shared.config.skip_corrupt => {
+                self.shared.skipped.lock().unwrap().push(e.to_string());
+                (1..source.len())
+                    .find_map(|step| source.get((index + step) % source.len()).ok())
+                    .ok_or(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Augments batch `batch` of `epoch` on the host; the same call always gives the same
+    /// floats, whatever the number of threads.
+    pub fn host_batch(&self, epoch: u64, batch: usize) -> Result<HostBatch, DataError> {
+        let indices = self.batch_indices(epoch, batch);
+        let seed = self.shared.config.seed;
+        let work = || {
+            indices
+                .par_iter()
+                .map_init(Resizer::new, |resizer, &i| {
+                    let sample = self.sample(i)?;
+                    let mut rng = sample_rng(seed, epoch, i as u64);
+                    let views = self.shared.pipeline.apply(&sample.image, &mut rng, resizer);
+                    Ok((views, sample.label))
+                })
+                .collect::<Result<Vec<_>, DataError>>()
+        };
+        let results = match &self.shared.pool {
+            Some(pool) => pool.install(work)?,
+            None => work()?,
+        };
+        let (planes, labels): (Vec<_>, Vec<_>) = results.into_iter().unzip();
+        Ok(HostBatch::stack(planes, labels, indices))
+    }
+}
+
+struct ViewIter {
+    receiver: Receiver<Result<ViewBatch, DataError>>,
+    done: usize,
+    total: usize,
+    batch_size: usize,
+}
+
+impl Iterator for ViewIter {
+    type Item = Result<ViewBatch, DatasetError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let item = self.receiver.recv().ok()?;
+        self.done += 1;
+        Some(item.map_err(DatasetError::new))
+    }
+}
+
+impl DataLoaderIterator<ViewBatch> for ViewIter {
+    fn progress(&self) -> Progress {
+        Progress::new(
+            self.done * self.batch_size,
+            self.total * self.batch_size,
+            None,
+        )
+    }
+}
+
+impl DataLoader<ViewBatch> for ViewLoader {
+    /// Starts a producer thread for the cursor's epoch, `prefetch` batches ahead.
+    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<ViewBatch> + 'a> {
+        let epoch = self.cursor.epoch();
+        let start = self.cursor.start_batch.swap(0, Ordering::SeqCst);
+        let total = self.batches_per_epoch();
+        let (sender, receiver) = sync_channel(self.shared.config.prefetch.max(1));
+        let loader = self.clone();
+        std::thread::spawn(move || {
+            for batch in start..total {
+                let item = loader
+                    .host_batch(epoch, batch)
+                    .map(|host| host.into_tensors(&loader.device));
+                let failed = item.is_err();
+                if sender.send(item).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Box::new(ViewIter {
+            receiver,
+            done: start,
+            total,
+            batch_size: self.shared.config.batch_size,
+        })
+    }
+
+    fn num_items(&self) -> usize {
+        self.batches_per_epoch() * self.shared.config.batch_size
+    }
+
+    fn to_device(&self, device: &Device) -> Arc<dyn DataLoader<ViewBatch>> {
+        Arc::new(Self {
+            device: device.clone(),
+            ..self.clone()
+        })
+    }
+
+    fn slice(&self, _start: usize, _end: usize) -> Arc<dyn DataLoader<ViewBatch>> {
+        // Every device sees the whole epoch order; multi-device training splits each batch
+        // instead (see sce-train's scale-out notes).
+        Arc::new(self.clone())
+    }
+}
+
+/// Deterministic evaluation batches (no augmentation): `(images, labels)` per batch.
+pub fn eval_batches<'a>(
+    source: &'a Arc<dyn ImageSource>,
+    transform: &'a EvalTransform,
+    batch_size: usize,
+    device: &'a Device,
+) -> impl Iterator<Item = Result<(Tensor<4>, Vec<Option<usize>>), DataError>> + 'a {
+    let n = source.len();
+    (0..n.div_ceil(batch_size.max(1))).map(move |b| {
+        let indices: Vec<usize> = (b * batch_size..((b + 1) * batch_size).min(n)).collect();
+        let results = indices
+            .par_iter()
+            .map_init(Resizer::new, |resizer, &i| {
+                let sample = source.get(i)?;
+                Ok((vec![transform.apply(&sample.image, resizer)], sample.label))
+            })
+            .collect::<Result<Vec<_>, DataError>>()?;
+        let (planes, labels): (Vec<_>, Vec<_>) = results.into_iter().unzip();
+        let mut batch = HostBatch::stack(planes, labels, indices).into_tensors(device);
+        Ok((batch.views.remove(0), batch.labels))
+    })
+}

@@ -1,0 +1,114 @@
+//! Finding a dataset on disk, fetching it when allowed.
+//!
+//! Order: `--data-dir` (the folder itself or its `<dataset>/` subfolder) > `$SCE_DATA_DIR/<dataset>`
+//! > the per-user cache (`~/.cache/sce-rs/<dataset>` on Linux) > for Fashion-MNIST the Debian
+//! package's `/usr/share/datasets/fashion-mnist`. If none holds the files and the dataset has a
+//! canonical address, it is downloaded into `--data-dir/<dataset>` or the cache.
+
+use std::path::PathBuf;
+
+use crate::DataError;
+use crate::datasets::DatasetKind;
+use crate::download::{Progress, fetch, remote};
+
+/// Where to look and whether to download.
+#[derive(Clone, Debug, Default)]
+pub struct Locator {
+    pub data_dir: Option<PathBuf>,
+    pub env_dir: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
+    pub download: bool,
+    /// Base URL tried before the canonical ones (`$SCE_DATA_MIRROR`).
+    pub mirror: Option<String>,
+}
+
+impl Locator {
+    /// `--data-dir`, `$SCE_DATA_DIR`, `$SCE_DATA_MIRROR` and the user cache from the environment.
+    pub fn from_env(data_dir: Option<PathBuf>, download: bool) -> Self {
+        Self {
+            data_dir,
+            env_dir: std::env::var_os("SCE_DATA_DIR").map(PathBuf::from),
+            cache_dir: dirs::cache_dir().map(|d| d.join("sce-rs")),
+            download,
+            mirror: std::env::var("SCE_DATA_MIRROR")
+                .ok()
+                .filter(|m| !m.is_empty()),
+        }
+    }
+
+    /// Candidate folders in search order.
+    pub fn candidates(&self, kind: DatasetKind) -> Vec<PathBuf> {
+        let name = kind.dir_name();
+        let mut out = Vec::new();
+        if let Some(dir) = &self.data_dir {
+            out.push(dir.join(name));
+            out.push(dir.clone());
+        }
+        if kind == DatasetKind::Folder {
+            return out;
+        }
+        if let Some(dir) = &self.env_dir {
+            out.push(dir.join(name));
+        }
+        if let Some(dir) = &self.cache_dir {
+            out.push(dir.join(name));
+        }
+        if kind == DatasetKind::FashionMnist {
+            out.push(PathBuf::from("/usr/share/datasets/fashion-mnist"));
+        }
+        out
+    }
+
+    /// The folder holding `kind`, downloading it first if needed and allowed.
+    pub fn resolve(&self, kind: DatasetKind, progress: Progress) -> Result<PathBuf, DataError> {
+        let candidates = self.candidates(kind);
+        if let Some(found) = candidates.iter().find(|c| kind.present(c)) {
+            return Ok(found.clone());
+        }
+        let target = self
+            .data_dir
+            .as_ref()
+            .or(self.cache_dir.as_ref())
+            .map(|d| d.join(kind.dir_name()));
+        let not_found = |hint: String| DataError::NotFound {
+            dataset: kind.dir_name().to_string(),
+            searched: candidates.clone(),
+            hint,
+        };
+        let layout = format!("Expected {}.", kind.expected_layout());
+        match (remote(kind), target) {
+            (Some(remote), Some(target)) if self.download => {
+                match fetch(&remote, &target, self.mirror.as_deref(), progress) {
+                    Ok(()) if kind.present(&target) => Ok(target),
+                    Ok(()) => Err(not_found(format!(
+                        "the download into {} did not produce the expected files. {layout}",
+                        target.display()
+                    ))),
+                    Err(e) => Err(not_found(format!(
+                        "Downloading failed ({e}). Without network access, copy the files into \
+                         {} (or pass --data-dir). {layout}",
+                        target.display()
+                    ))),
+                }
+            }
+            (Some(remote), _) => Err(not_found(format!(
+                "Downloads are disabled; fetch {} from {} into one of those folders. {layout}",
+                remote
+                    .files
+                    .iter()
+                    .map(|f| f.name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                remote.base_urls[0]
+            ))),
+            (None, _) if kind == DatasetKind::Folder => Err(not_found(
+                "Pass --data-dir pointing at your image folder. ".to_string() + &layout,
+            )),
+            (None, _) => Err(not_found(format!(
+                "{} cannot be downloaded automatically (licence); place it in one of those \
+                 folders or pass --data-dir. {layout}",
+                kind.dir_name()
+            ))),
+        }
+    }
+}

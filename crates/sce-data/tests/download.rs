@@ -1,0 +1,206 @@
+//! The downloader against a loopback HTTP server started here, serving generated files (never
+//! the network): good files land under their name, a corrupted one is rejected and leaves
+//! nothing behind, archives are unpacked, and the locator fetches a dataset end to end.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+
+use sce_data::download::{Remote, RemoteFile, Unpack, download_file, fetch, file_md5};
+use sce_data::{DatasetKind, Locator, OpenOptions, Split};
+
+/// Serves `files` (path → bytes) on 127.0.0.1 from a background thread; returns the base URL.
+fn serve(files: HashMap<String, Vec<u8>>) -> String {
+    let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+    let port = server.server_addr().to_ip().unwrap().port();
+    std::thread::spawn(move || {
+        for request in server.incoming_requests() {
+            let path = request.url().trim_start_matches('/').to_string();
+            let response = match files.get(&path) {
+                Some(bytes) => tiny_http::Response::from_data(bytes.clone()),
+                None => tiny_http::Response::from_data(b"not found".to_vec()).with_status_code(404),
+            };
+            let _ = request.respond(response);
+        }
+    });
+    format!("http://127.0.0.1:{port}/")
+}
+
+fn md5_of(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x");
+    std::fs::write(&path, bytes).unwrap();
+    file_md5(&path).unwrap()
+}
+
+fn gz(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+#[test]
+fn good_file_is_kept_and_corrupt_file_is_rejected() {
+    let good = b"the real payload".to_vec();
+    let expected = md5_of(&good);
+    let mut files = HashMap::new();
+    files.insert("good.bin".to_string(), good.clone());
+    files.insert("corrupt.bin".to_string(), b"the real paylaod".to_vec());
+    let base = serve(files);
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut seen = 0u64;
+    let dest = dir.path().join("good.bin");
+    download_file(
+        &format!("{base}good.bin"),
+        &dest,
+        &expected,
+        &mut |_, n, _| seen = n,
+    )
+    .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), good);
+    assert_eq!(seen, good.len() as u64, "progress reports every byte");
+
+    let dest = dir.path().join("corrupt.bin");
+    let err = download_file(
+        &format!("{base}corrupt.bin"),
+        &dest,
+        &expected,
+        &mut |_, _, _| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    assert!(
+        !dest.exists(),
+        "a corrupted download must not appear under its name"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "no temporary file left behind");
+
+    let err = download_file(
+        &format!("{base}missing.bin"),
+        &dir.path().join("m"),
+        &expected,
+        &mut |_, _, _| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("missing.bin"), "{err}");
+}
+
+#[test]
+fn archives_are_unpacked_and_mirrors_tried_in_order() {
+    // A CIFAR-10-shaped tar.gz with one record per file.
+    let record: Vec<u8> = std::iter::once(7u8)
+        .chain((0..3072).map(|i| (i % 256) as u8))
+        .collect();
+    let mut tar = tar::Builder::new(Vec::new());
+    for name in [
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_3.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+        "test_batch.bin",
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(record.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(
+            &mut header,
+            format!("cifar-10-batches-bin/{name}"),
+            record.as_slice(),
+        )
+        .unwrap();
+    }
+    let archive = gz(&tar.into_inner().unwrap());
+    let md5: &'static str = Box::leak(md5_of(&archive).into_boxed_str());
+    let mut files = HashMap::new();
+    files.insert("cifar-10-binary.tar.gz".to_string(), archive);
+    let base = serve(files);
+    let remote = Remote {
+        // The first base answers 404 for everything: the second must be tried.
+        base_urls: Box::leak(
+            vec![
+                Box::leak(format!("{base}nowhere/").into_boxed_str()) as &str,
+                Box::leak(base.clone().into_boxed_str()) as &str,
+            ]
+            .into_boxed_slice(),
+        ),
+        files: Box::leak(
+            vec![RemoteFile {
+                name: "cifar-10-binary.tar.gz",
+                md5,
+                unpack: Unpack::TarGz,
+            }]
+            .into_boxed_slice(),
+        ),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    fetch(&remote, dir.path(), None, &mut |_, _, _| {}).unwrap();
+    assert!(DatasetKind::Cifar10.present(dir.path()));
+    assert!(
+        !dir.path().join("cifar-10-binary.tar.gz").exists(),
+        "archive removed after unpacking"
+    );
+    let test = DatasetKind::Cifar10
+        .open(Split::Test, dir.path(), &OpenOptions::default())
+        .unwrap();
+    assert_eq!(test.get(0).unwrap().label, Some(7));
+}
+
+/// The real Fashion-MNIST files served from loopback must match the published checksums and
+/// land where the locator looks next time. Needs `$SCE_DATA_DIR`.
+#[test]
+fn locator_downloads_into_the_cache_through_a_mirror() {
+    let Some(data) = std::env::var_os("SCE_DATA_DIR").map(std::path::PathBuf::from) else {
+        eprintln!(
+            "skipping locator_downloads_into_the_cache_through_a_mirror: SCE_DATA_DIR is not set"
+        );
+        return;
+    };
+    // Serve MNIST (canonical files) from the shared folder.
+    let mut files = HashMap::new();
+    for entry in std::fs::read_dir(data.join("mnist")).unwrap() {
+        let path = entry.unwrap().path();
+        files.insert(
+            path.file_name().unwrap().to_str().unwrap().to_string(),
+            std::fs::read(&path).unwrap(),
+        );
+    }
+    let base = serve(files);
+    let cache = tempfile::tempdir().unwrap();
+    let locator = Locator {
+        data_dir: None,
+        env_dir: None,
+        cache_dir: Some(cache.path().to_path_buf()),
+        download: true,
+        mirror: Some(base),
+    };
+    let mut progress_calls = 0;
+    let root = locator
+        .resolve(DatasetKind::Mnist, &mut |_, _, _| progress_calls += 1)
+        .unwrap();
+    assert_eq!(root, cache.path().join("mnist"));
+    assert!(progress_calls > 0);
+    let test = DatasetKind::Mnist
+        .open(Split::Test, &root, &OpenOptions::default())
+        .unwrap();
+    assert_eq!(test.len(), 10_000);
+
+    // Offline (no mirror, downloads off): the error lists where it looked and what to put there.
+    let offline = Locator {
+        download: false,
+        mirror: None,
+        cache_dir: Some(cache.path().join("empty")),
+        ..locator
+    };
+    let err = offline
+        .resolve(DatasetKind::Cifar100, &mut |_, _, _| {})
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("cifar100") && message.contains("cifar-100-binary"),
+        "{message}"
+    );
+}

@@ -1,0 +1,122 @@
+//! Backends are compiled in by Cargo features (`flex`, `wgpu`, `vulkan`, `metal`, `cuda`) and
+//! chosen at run time with `--device`; the library crates never name one.
+
+use burn::tensor::Device;
+
+use crate::error::usage;
+
+/// Backends this binary was built with, in the order `auto` prefers them.
+pub fn compiled_backends() -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if cfg!(feature = "cuda") {
+        out.push("cuda");
+    }
+    if cfg!(feature = "metal") {
+        out.push("metal");
+    }
+    if cfg!(feature = "vulkan") {
+        out.push("vulkan");
+    }
+    if cfg!(feature = "wgpu") {
+        out.push("wgpu");
+    }
+    if cfg!(feature = "flex") {
+        out.push("cpu");
+    }
+    out
+}
+
+fn not_compiled(spec: &str, feature: &str) -> anyhow::Error {
+    usage(format!(
+        "device `{spec}` needs the `{feature}` feature, but this binary was built with: {}. \
+         Rebuild with `cargo build --release -p sce-train --features {feature}`",
+        compiled_backends().join(", ")
+    ))
+}
+
+/// Parses an index suffix: `cuda:1` → 1, `cuda` → 0.
+fn index(spec: &str, rest: Option<&str>) -> anyhow::Result<usize> {
+    match rest {
+        None => Ok(0),
+        Some(n) => n
+            .parse()
+            .map_err(|_| usage(format!("device `{spec}`: `{n}` is not a device index"))),
+    }
+}
+
+/// The device named by `spec`: `auto`, `cpu`/`flex`, `cuda[:N]`, `wgpu[:N]`, `vulkan[:N]`,
+/// `metal[:N]`. `auto` picks the first GPU backend compiled in, else the CPU.
+pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
+    let lower = spec.to_ascii_lowercase();
+    let (name, rest) = match lower.split_once(':') {
+        Some((name, rest)) => (name, Some(rest)),
+        None => (lower.as_str(), None),
+    };
+    let n = index(spec, rest)?;
+    #[allow(unused_variables)]
+    let gpu_kind = if rest.is_some() {
+        burn::tensor::DeviceKind::DiscreteGpu(n)
+    } else {
+        burn::tensor::DeviceKind::DefaultDevice
+    };
+    match name {
+        "auto" => match compiled_backends().first() {
+            Some(&"cpu") | None => parse_device("cpu"),
+            Some(first) => parse_device(first),
+        },
+        "cpu" | "flex" => {
+            #[cfg(feature = "flex")]
+            return Ok(Device::flex());
+            #[allow(unreachable_code)]
+            Err(not_compiled(spec, "flex"))
+        }
+        "cuda" => {
+            #[cfg(feature = "cuda")]
+            return Ok(Device::cuda(n));
+            #[allow(unreachable_code)]
+            Err(not_compiled(spec, "cuda"))
+        }
+        "wgpu" => {
+            #[cfg(feature = "wgpu")]
+            return Ok(Device::wgpu(gpu_kind));
+            #[allow(unreachable_code)]
+            Err(not_compiled(spec, "wgpu"))
+        }
+        "vulkan" => {
+            #[cfg(feature = "vulkan")]
+            return Ok(Device::vulkan(gpu_kind));
+            #[allow(unreachable_code)]
+            Err(not_compiled(spec, "vulkan"))
+        }
+        "metal" => {
+            #[cfg(feature = "metal")]
+            return Ok(Device::metal(gpu_kind));
+            #[allow(unreachable_code)]
+            Err(not_compiled(spec, "metal"))
+        }
+        _ => Err(usage(format!(
+            "unknown device `{spec}`; use auto, cpu, cuda[:N], wgpu[:N], vulkan[:N] or metal[:N] \
+             (compiled in: {})",
+            compiled_backends().join(", ")
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_not_compiled_in_are_clear_errors() {
+        let err = parse_device("tpu").unwrap_err().to_string();
+        assert!(err.contains("unknown device `tpu`"), "{err}");
+        let err = parse_device("cuda:x").unwrap_err().to_string();
+        assert!(err.contains("not a device index"), "{err}");
+        if !cfg!(feature = "cuda") {
+            let err = parse_device("cuda:1").unwrap_err().to_string();
+            assert!(err.contains("needs the `cuda` feature"), "{err}");
+        }
+        assert!(parse_device("cpu").is_ok());
+        assert!(parse_device("auto").is_ok());
+    }
+}

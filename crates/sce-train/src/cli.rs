@@ -1,0 +1,194 @@
+//! The command line: `pretrain` (default), `knn`, `linear`, `embed`, `export`, `bench`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{ConfigSource, parse_override};
+use crate::train::{Console, PretrainArgs, pretrain};
+
+/// Default configuration when none is given: the Fashion-MNIST quick start.
+pub const QUICKSTART: &str = "configs/quickstart.toml";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sce-train",
+    version,
+    about = "Self-supervised representation learning with SCE (Similarity Contrastive Estimation, \
+             Denize et al., WACV 2023) on Burn: CPU, CUDA or any WGPU GPU.",
+    long_about = None,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// With no subcommand: `pretrain` on configs/quickstart.toml.
+    #[command(flatten)]
+    pub pretrain: PretrainCmd,
+}
+
+/// Options every command takes.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Device: auto, cpu, cuda[:N], wgpu[:N], vulkan[:N], metal[:N] (what is compiled in).
+    #[arg(long, default_value = "auto", global = true)]
+    pub device: String,
+    /// Where datasets are (the folder itself or its parent); else $SCE_DATA_DIR, the user cache.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Print the result as one JSON line on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress output on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+impl Common {
+    pub fn console(&self) -> Console {
+        Console { quiet: self.quiet }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Pretrain a network with SCE (or MoCo / ReSSL) and monitor it with kNN.
+    Pretrain(PretrainCmd),
+    /// Weighted kNN accuracy of a run's online trunk (and of an untrained one, and raw pixels).
+    Knn(crate::commands::KnnCmd),
+    /// Linear evaluation: a linear classifier on the frozen online trunk.
+    Linear(crate::commands::LinearCmd),
+    /// Embeddings of images with a run's trunk; nearest-neighbour image retrieval.
+    Embed(crate::commands::EmbedCmd),
+    /// Write a run's online trunk as safetensors.
+    Export(crate::commands::ExportCmd),
+    /// Benchmarks: augmentation throughput, training-step throughput.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCmd),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PretrainCmd {
+    #[command(flatten)]
+    pub common: Common,
+    /// Configuration file (TOML).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Run directory (default: runs/<config>-<n>).
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Continue the run in this directory from its latest checkpoint.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "output"])]
+    pub resume: Option<PathBuf>,
+    /// Override any config value, e.g. --set method.lambda=0.3 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Random seed (run.seed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Number of epochs (run.epochs).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Batch size (run.batch_size).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Use only the first N training images (data.limit_train).
+    #[arg(long, value_name = "N")]
+    pub limit_train: Option<usize>,
+}
+
+impl PretrainCmd {
+    fn source(&self) -> anyhow::Result<ConfigSource> {
+        let mut overrides = self
+            .set
+            .iter()
+            .map(|s| parse_override(s))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let flags = [
+            ("run.seed", self.seed.map(|v| v.to_string())),
+            ("run.epochs", self.epochs.map(|v| v.to_string())),
+            ("run.batch_size", self.batch_size.map(|v| v.to_string())),
+            ("data.limit_train", self.limit_train.map(|v| v.to_string())),
+        ];
+        overrides.extend(
+            flags
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k.to_string(), v))),
+        );
+        if self.resume.is_some() && !overrides.is_empty() {
+            return Err(crate::error::usage(
+                "--resume continues a run with its saved configuration; overrides are not allowed",
+            ));
+        }
+        Ok(ConfigSource {
+            path: self
+                .config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(QUICKSTART)),
+            overrides,
+        })
+    }
+
+    pub fn run(&self) -> anyhow::Result<()> {
+        let args = PretrainArgs {
+            source: self.source()?,
+            output: self.output.clone(),
+            resume: self.resume.clone(),
+            device: self.common.device.clone(),
+            data_dir: self.common.data_dir.clone(),
+            console: self.common.console(),
+            origin: std::env::args().collect::<Vec<_>>().join(" "),
+        };
+        let summary = pretrain(&args)?;
+        let console = self.common.console();
+        console.line(format!(
+            "done: {} epochs, final loss {:.4}, kNN top-1 {} (untrained {}), {:.1} img/s, {:.0} s; \
+             summary in {}",
+            summary.epochs,
+            summary.final_loss,
+            summary
+                .knn_top1
+                .map(|v| format!("{v:.2}%"))
+                .unwrap_or("-".into()),
+            summary
+                .knn_top1_initial
+                .map(|v| format!("{v:.2}%"))
+                .unwrap_or("-".into()),
+            summary.images_per_s,
+            summary.seconds,
+            summary.run_dir.join("summary.json").display()
+        ));
+        if self.common.json {
+            println!("{}", serde_json::to_string(&summary)?);
+        }
+        Ok(())
+    }
+}
+
+/// Parses the command line and runs it; returns the process exit code.
+pub fn main() -> std::process::ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return std::process::ExitCode::from(code);
+        }
+    };
+    let result = match &cli.command {
+        None => cli.pretrain.run(),
+        Some(Command::Pretrain(cmd)) => cmd.run(),
+        Some(Command::Knn(cmd)) => cmd.run(),
+        Some(Command::Linear(cmd)) => cmd.run(),
+        Some(Command::Embed(cmd)) => cmd.run(),
+        Some(Command::Export(cmd)) => cmd.run(),
+        Some(Command::Bench(cmd)) => cmd.run(),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{}", crate::error::report(&error));
+            std::process::ExitCode::from(crate::error::exit_code(&error))
+        }
+    }
+}

@@ -1,0 +1,565 @@
+//! The evaluation and export commands, each on a run directory written by `pretrain`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{GradientsParams, SgdConfig};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use clap::Args;
+use fast_image_resize::Resizer;
+use sce_data::augment::{ViewPipeline, ViewSpec};
+use sce_data::datasets::FolderImages;
+use sce_data::{DatasetKind, Image, ImageSource, LoaderConfig, Prefix, Split, ViewLoader};
+use sce_model::ResNet;
+use serde::Serialize;
+
+use crate::backend::parse_device;
+use crate::cli::Common;
+use crate::config::TrainConfig;
+use crate::eval::{KnnResult, extract_features};
+use crate::train::{
+    DataAccess, channels_of, eval_transform, fresh_model, knn_evaluator, load_run, normalization,
+    write_atomic,
+};
+
+/// A run's online trunk in evaluation mode on a plain (non-autodiff) device.
+fn trained_trunk(run: &Path, device: &Device) -> anyhow::Result<(TrainConfig, ResNet)> {
+    let (config, model) = load_run(run, device)?;
+    let trunk = model.valid().pair.online().trunk.clone();
+    Ok((config, trunk))
+}
+
+fn print_json<T: Serialize>(common: &Common, value: &T) -> anyhow::Result<()> {
+    if common.json {
+        println!("{}", serde_json::to_string(value)?);
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct KnnCmd {
+    #[command(flatten)]
+    pub common: Common,
+    /// Run directory written by `pretrain`.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub checkpoint: PathBuf,
+    /// Neighbours voting.
+    #[arg(long, default_value_t = 200)]
+    pub k: usize,
+    /// Temperature of the vote weights exp(similarity / T).
+    #[arg(long, default_value_t = 0.1)]
+    pub temperature: f64,
+    /// Training images in the memory bank (default: the run's eval.bank_limit, else all).
+    #[arg(long)]
+    pub bank_limit: Option<usize>,
+    /// Test images classified (default: the run's eval.test_limit, else all).
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct KnnReport {
+    run_dir: PathBuf,
+    k: usize,
+    temperature: f64,
+    bank: usize,
+    test: usize,
+    trained: KnnResult,
+    untrained: KnnResult,
+    raw_pixels: Option<KnnResult>,
+}
+
+impl KnnCmd {
+    pub fn run(&self) -> anyhow::Result<()> {
+        let console = self.common.console();
+        let device = parse_device(&self.common.device)?;
+        let (mut config, trunk) = trained_trunk(&self.checkpoint, &device)?;
+        config.eval.knn_k = self.k;
+        config.eval.knn_temperature = self.temperature;
+        config.eval.bank_limit = self.bank_limit.or(config.eval.bank_limit);
+        config.eval.test_limit = self.test_limit.or(config.eval.test_limit);
+        let data = DataAccess::locate(&config, self.common.data_dir.clone(), &console)?;
+        let norm = normalization(&config, data.kind, channels_of(&config));
+        let evaluator = knn_evaluator(
+            &config,
+            &data,
+            eval_transform(&config, norm),
+            &device,
+            &console,
+        )?
+        .ok_or_else(|| anyhow!("{} has no labelled test split to classify", data.kind))?;
+        console.line(format!(
+            "kNN (k = {}, T = {}) on {} bank / {} test images",
+            self.k,
+            self.temperature,
+            evaluator.bank.len(),
+            evaluator.test.len()
+        ));
+        let trained = evaluator.evaluate(&trunk)?;
+        let untrained_model = fresh_model(&config, 1, &device)?.valid();
+        let untrained = evaluator.evaluate(&untrained_model.pair.online().trunk)?;
+        let small = config.augment.size <= 64;
+        let raw_pixels = small.then(|| evaluator.evaluate_pixels()).transpose()?;
+        let line = |name: &str, r: &KnnResult| {
+            format!("{name:<12} top-1 {:6.2}%  top-5 {:6.2}%", r.top1, r.top5)
+        };
+        eprintln!("{}", line("trained", &trained));
+        eprintln!("{}", line("untrained", &untrained));
+        if let Some(r) = &raw_pixels {
+            eprintln!("{}", line("raw pixels", r));
+        }
+        print_json(
+            &self.common,
+            &KnnReport {
+                run_dir: self.checkpoint.clone(),
+                k: self.k,
+                temperature: self.temperature,
+                bank: evaluator.bank.len(),
+                test: evaluator.test.len(),
+                trained,
+                untrained,
+                raw_pixels,
+            },
+        )
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct LinearCmd {
+    #[command(flatten)]
+    pub common: Common,
+    /// Run directory written by `pretrain`.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub checkpoint: PathBuf,
+    /// Epochs (default: 100 for small images, 90 for ImageNet-like data, spec §5).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Learning rate (default: 30 with step decay for small images, 0.4·batch/1024 with cosine
+    /// otherwise).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Use only the first N training images.
+    #[arg(long, value_name = "N")]
+    pub limit_train: Option<usize>,
+    /// Evaluate on only the first N test images.
+    #[arg(long, value_name = "N")]
+    pub limit_test: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct LinearEpoch {
+    epoch: usize,
+    lr: f64,
+    loss: f64,
+    train_top1: f64,
+}
+
+#[derive(Serialize)]
+struct LinearReport {
+    run_dir: PathBuf,
+    epochs: usize,
+    batch_size: usize,
+    lr: f64,
+    schedule: &'static str,
+    train_images: usize,
+    test_images: usize,
+    top1: f64,
+    top5: f64,
+    seconds: f64,
+}
+
+/// Top-1 and top-5 correct counts of `logits` against `labels`.
+fn topk_correct(logits: Tensor<2>, labels: &[usize]) -> (usize, usize) {
+    let [n, classes] = logits.dims();
+    let k = 5.min(classes);
+    let top = logits.topk_with_indices(k, 1).1;
+    let top: Vec<i64> = top.into_data().convert::<i64>().try_to_vec().unwrap();
+    let mut c1 = 0;
+    let mut c5 = 0;
+    for i in 0..n {
+        let row = &top[i * k..(i + 1) * k];
+        c1 += usize::from(row[0] as usize == labels[i]);
+        c5 += usize::from(row.iter().any(|&p| p as usize == labels[i]));
+    }
+    (c1, c5)
+}
+
+impl LinearCmd {
+    pub fn run(&self) -> anyhow::Result<()> {
+        let start = std::time::Instant::now();
+        let console = self.common.console();
+        let device = parse_device(&self.common.device)?;
+        let ad = device.clone().autodiff();
+        let (config, trunk) = trained_trunk(&self.checkpoint, &device)?;
+        let data = DataAccess::locate(&config, self.common.data_dir.clone(), &console)?;
+        let mut train = data.labelled_train()?;
+        if let Some(n) = self.limit_train {
+            train = Arc::new(Prefix::new(train, n));
+        }
+        let mut test = data.open(config.data.test_split)?;
+        if let Some(n) = self.limit_test {
+            test = Arc::new(Prefix::new(test, n));
+        }
+        let classes = train.num_classes();
+        anyhow::ensure!(classes > 0, "{} has no labelled training split", data.kind);
+        let small = config.augment.size <= 64;
+        let epochs = self.epochs.unwrap_or(if small { 100 } else { 90 });
+        let base_lr = self.lr.unwrap_or(if small {
+            30.0
+        } else {
+            0.4 * self.batch_size as f64 / 1024.0
+        });
+        let norm = normalization(&config, data.kind, train.channels());
+        let loader = ViewLoader::new(
+            train.clone(),
+            ViewPipeline::new(
+                vec![ViewSpec::linear_eval(config.augment.size, small)],
+                norm.clone(),
+            )?,
+            LoaderConfig {
+                batch_size: self.batch_size.min(train.len()),
+                drop_last: false,
+                shuffle: true,
+                seed: config.run.seed,
+                threads: config.data.threads,
+                prefetch: 2,
+                skip_corrupt: config.data.skip_corrupt,
+            },
+            device.clone(),
+        )?;
+        let feature_dim = pair_feature_dim(&config);
+        // Spec §5: one linear layer, weights N(0, 0.01), bias 0; SGD momentum 0.9, no decay.
+        let mut head: Linear = LinearConfig::new(feature_dim, classes)
+            .with_initializer(Initializer::Normal {
+                mean: 0.0,
+                std: 0.01,
+            })
+            .init(&ad);
+        head.bias = head.bias.map(|b| b.map(|t| t.zeros_like()));
+        let mut optim = SgdConfig::new()
+            .with_momentum(Some(MomentumConfig {
+                momentum: 0.9,
+                dampening: 0.0,
+                nesterov: false,
+            }))
+            .init();
+        let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+        let lr_at = |epoch: usize| -> f64 {
+            if small {
+                // Step decay ×0.1 at 60 % and 80 % of training (epochs 60 and 80 of 100).
+                let f = epoch as f64 / epochs as f64;
+                base_lr
+                    * if f >= 0.8 {
+                        0.01
+                    } else if f >= 0.6 {
+                        0.1
+                    } else {
+                        1.0
+                    }
+            } else {
+                0.5 * base_lr * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs as f64).cos())
+            }
+        };
+        let run_dir = &self.checkpoint;
+        let mut rows = Vec::new();
+        for epoch in 0..epochs {
+            loader.cursor().set(epoch as u64, 0);
+            let lr = lr_at(epoch);
+            let bar = console.bar(
+                loader.batches_per_epoch(),
+                format!("linear {}/{epochs}", epoch + 1),
+            );
+            let (mut loss_sum, mut batches, mut correct, mut seen) = (0.0, 0, 0, 0);
+            for batch in burn::data::dataloader::DataLoader::iter(&loader) {
+                let batch = batch.map_err(|e| anyhow!("reading training data: {e}"))?;
+                let labels: Vec<usize> = batch
+                    .labels
+                    .iter()
+                    .map(|l| l.expect("labelled split"))
+                    .collect();
+                let features = trunk
+                    .forward(batch.views[0].clone())
+                    .to_device(&ad)
+                    .detach();
+                let logits = head.forward(features);
+                let targets = Tensor::<1, Int>::from_data(
+                    TensorData::new(
+                        labels.iter().map(|&l| l as i64).collect::<Vec<_>>(),
+                        [labels.len()],
+                    ),
+                    &ad,
+                );
+                let loss = loss_fn.forward(logits.clone(), targets);
+                correct += topk_correct(logits.detach(), &labels).0;
+                seen += labels.len();
+                loss_sum += loss.clone().into_scalar::<f32>() as f64;
+                batches += 1;
+                let grads = GradientsParams::from_grads(loss.backward(), &head);
+                head = optim.step(lr, head, grads);
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+            let row = LinearEpoch {
+                epoch: epoch + 1,
+                lr,
+                loss: loss_sum / batches.max(1) as f64,
+                train_top1: 100.0 * correct as f64 / seen.max(1) as f64,
+            };
+            console.line(format!(
+                "linear epoch {}/{epochs}: loss {:.4}  train top-1 {:.2}%  lr {lr}",
+                row.epoch, row.loss, row.train_top1
+            ));
+            rows.push(row);
+        }
+        // Test: center crop, frozen trunk, the trained head.
+        let transform = eval_transform(&config, norm);
+        let head = head.valid();
+        let (mut c1, mut c5, mut n) = (0, 0, 0);
+        for batch in sce_data::eval_batches(&test, &transform, self.batch_size, &device) {
+            let (images, labels) = batch.context("cannot read a test image")?;
+            let labels: Vec<usize> = labels
+                .into_iter()
+                .map(|l| l.context("the test split has unlabelled images"))
+                .collect::<anyhow::Result<_>>()?;
+            let logits = head.forward(trunk.forward(images));
+            let (a, b) = topk_correct(logits, &labels);
+            c1 += a;
+            c5 += b;
+            n += labels.len();
+        }
+        let report = LinearReport {
+            run_dir: run_dir.clone(),
+            epochs,
+            batch_size: self.batch_size,
+            lr: base_lr,
+            schedule: if small {
+                "step x0.1 at 60%/80%"
+            } else {
+                "cosine"
+            },
+            train_images: train.len(),
+            test_images: n,
+            top1: 100.0 * c1 as f64 / n.max(1) as f64,
+            top5: 100.0 * c5 as f64 / n.max(1) as f64,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        let mut csv = String::from("epoch,lr,loss,train_top1\n");
+        for r in &rows {
+            csv.push_str(&format!(
+                "{},{},{:.6},{:.4}\n",
+                r.epoch, r.lr, r.loss, r.train_top1
+            ));
+        }
+        write_atomic(&run_dir.join("linear.csv"), csv.as_bytes())?;
+        write_atomic(
+            &run_dir.join("linear.json"),
+            serde_json::to_string_pretty(&report)?.as_bytes(),
+        )?;
+        console.line(format!(
+            "linear evaluation: top-1 {:.2}%  top-5 {:.2}% on {} test images ({})",
+            report.top1,
+            report.top5,
+            n,
+            run_dir.join("linear.json").display()
+        ));
+        print_json(&self.common, &report)
+    }
+}
+
+fn pair_feature_dim(config: &TrainConfig) -> usize {
+    crate::train::pair_config(config, channels_of(config))
+        .trunk
+        .feature_dim()
+}
+
+#[derive(Args, Debug)]
+pub struct EmbedCmd {
+    #[command(flatten)]
+    pub common: Common,
+    /// Run directory written by `pretrain`.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub checkpoint: PathBuf,
+    /// An image folder (class subfolders give labels), or a dataset name with an optional
+    /// split: `fashion-mnist`, `cifar10:train`.
+    #[arg(long, value_name = "DIR_OR_DATASET")]
+    pub input: String,
+    /// Where to write the embeddings (safetensors: `embeddings` [n, d], `labels` [n], image
+    /// names in the metadata).
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub output: PathBuf,
+    /// Print the images nearest to this one.
+    #[arg(long, value_name = "IMAGE")]
+    pub query: Option<PathBuf>,
+    /// How many neighbours `--query` prints.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+}
+
+#[derive(Serialize)]
+struct Neighbour {
+    rank: usize,
+    name: String,
+    label: Option<usize>,
+    similarity: f32,
+}
+
+#[derive(Serialize)]
+struct EmbedReport {
+    output: PathBuf,
+    images: usize,
+    dim: usize,
+    neighbours: Vec<Neighbour>,
+}
+
+impl EmbedCmd {
+    fn source(&self, config: &TrainConfig) -> anyhow::Result<Arc<dyn ImageSource>> {
+        let channels = channels_of(config);
+        let path = Path::new(&self.input);
+        if path.is_dir() {
+            return Ok(Arc::new(FolderImages::auto(path, channels)?));
+        }
+        let (name, split) = self.input.split_once(':').unwrap_or((&self.input, "test"));
+        let kind: DatasetKind = name.parse().map_err(|e: String| {
+            crate::error::usage(format!("--input `{}`: not a folder, and {e}", self.input))
+        })?;
+        let split: Split = serde_json::from_value(serde_json::Value::String(split.into()))
+            .map_err(|_| crate::error::usage(format!("--input: unknown split `{split}`")))?;
+        let mut config = config.clone();
+        config.data.dataset = kind;
+        let data = DataAccess::locate(
+            &config,
+            self.common.data_dir.clone(),
+            &self.common.console(),
+        )?;
+        data.open(split)
+    }
+
+    pub fn run(&self) -> anyhow::Result<()> {
+        let console = self.common.console();
+        let device = parse_device(&self.common.device)?;
+        let (config, trunk) = trained_trunk(&self.checkpoint, &device)?;
+        let source = self.source(&config)?;
+        let transform = eval_transform(
+            &config,
+            normalization(&config, config.data.dataset, source.channels()),
+        );
+        console.line(format!("embedding {} images…", source.len()));
+        let (features, labels) =
+            extract_features(&source, &transform, self.batch_size, &device, &|x| {
+                trunk.forward(x)
+            })?;
+        let [n, dim] = features.dims();
+        let flat: Vec<f32> = features
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .unwrap();
+        let names: Vec<String> = (0..n).map(|i| source.item_name(i)).collect();
+        let label_values: Vec<i64> = labels.iter().map(|l| l.map_or(-1, |v| v as i64)).collect();
+        write_embeddings(&self.output, &flat, [n, dim], &label_values, &names)?;
+        console.line(format!(
+            "wrote {n} embeddings of dimension {dim} to {}",
+            self.output.display()
+        ));
+
+        let mut neighbours = Vec::new();
+        if let Some(query) = &self.query {
+            let image = Image::open(query, source.channels())?;
+            let planes = transform.apply(&image, &mut Resizer::new());
+            let q = Tensor::<4>::from_data(
+                TensorData::new(
+                    planes.data,
+                    [1, planes.channels, planes.height, planes.width],
+                ),
+                &device,
+            );
+            let q = sce_model::l2_normalize(trunk.forward(q));
+            let sims = q.matmul(features.transpose());
+            let (values, indices) = sims.topk_with_indices(self.top.min(n), 1);
+            let values: Vec<f32> = values.into_data().convert::<f32>().try_to_vec().unwrap();
+            let indices: Vec<i64> = indices.into_data().convert::<i64>().try_to_vec().unwrap();
+            eprintln!("nearest to {}:", query.display());
+            for (rank, (&i, &s)) in indices.iter().zip(&values).enumerate() {
+                let i = i as usize;
+                eprintln!("{:>3}. {:.4}  {}", rank + 1, s, names[i]);
+                neighbours.push(Neighbour {
+                    rank: rank + 1,
+                    name: names[i].clone(),
+                    label: labels[i],
+                    similarity: s,
+                });
+            }
+        }
+        print_json(
+            &self.common,
+            &EmbedReport {
+                output: self.output.clone(),
+                images: n,
+                dim,
+                neighbours,
+            },
+        )
+    }
+}
+
+/// Writes embeddings, labels and names as one safetensors file, atomically.
+fn write_embeddings(
+    path: &Path,
+    values: &[f32],
+    shape: [usize; 2],
+    labels: &[i64],
+    names: &[String],
+) -> anyhow::Result<()> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let label_bytes: Vec<u8> = labels.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let tensors = vec![
+        (
+            "embeddings",
+            TensorView::new(Dtype::F32, shape.to_vec(), &bytes)?,
+        ),
+        (
+            "labels",
+            TensorView::new(Dtype::I64, vec![labels.len()], &label_bytes)?,
+        ),
+    ];
+    let metadata =
+        std::collections::HashMap::from([("names".to_string(), serde_json::to_string(names)?)]);
+    let data = safetensors::serialize(tensors, Some(metadata))?;
+    write_atomic(path, &data).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[derive(Args, Debug)]
+pub struct ExportCmd {
+    #[command(flatten)]
+    pub common: Common,
+    /// Run directory written by `pretrain`.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub checkpoint: PathBuf,
+    /// Destination of the online trunk (safetensors).
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub output: PathBuf,
+}
+
+impl ExportCmd {
+    pub fn run(&self) -> anyhow::Result<()> {
+        let device = parse_device(&self.common.device)?;
+        let (_, trunk) = trained_trunk(&self.checkpoint, &device)?;
+        sce_model::weights::save_safetensors(&trunk, &self.output)?;
+        self.common.console().line(format!(
+            "wrote the online trunk to {}",
+            self.output.display()
+        ));
+        print_json(&self.common, &serde_json::json!({ "output": self.output }))
+    }
+}

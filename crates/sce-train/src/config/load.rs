@@ -1,0 +1,119 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::TrainConfig;
+use crate::error::usage;
+
+/// Where a configuration comes from: a file (or the built-in quick start) plus overrides.
+#[derive(Clone, Debug)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    /// `section.key=value` pairs, applied in order after the file.
+    pub overrides: Vec<(String, String)>,
+}
+
+/// Splits `section.key=value`; the value is parsed as TOML (`0.5`, `true`, `[1, 2]`,
+/// `"text"`) or taken as a plain string.
+pub fn parse_override(text: &str) -> anyhow::Result<(String, String)> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| usage(format!("--set `{text}`: expected section.key=value")))?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(usage(format!(
+            "--set `{text}`: `{key}` is not a dotted key"
+        )));
+    }
+    Ok((key.to_string(), value.trim().to_string()))
+}
+
+fn override_value(value: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()))
+}
+
+fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) -> anyhow::Result<()> {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().expect("non-empty key");
+    let mut current = table;
+    for part in parts {
+        let entry = current
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| usage(format!("--set {key}: `{part}` is a value, not a section")))?;
+    }
+    current.insert(last.to_string(), value);
+    Ok(())
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Reads, overrides, deserialises and validates a configuration. Errors are usage errors
+/// naming the file and the key.
+pub fn load_config(source: &ConfigSource) -> anyhow::Result<TrainConfig> {
+    let path = &source.path;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| usage(format!("cannot read config file {}: {e}", path.display())))?;
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| format!(" (line {})", line_of(&text, s.start)))
+            .unwrap_or_default();
+        usage(format!("{}{line}: {}", path.display(), e.message()))
+    })?;
+    for (key, value) in &source.overrides {
+        set_path(&mut table, key, override_value(value))?;
+    }
+    let config: TrainConfig =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let from_override = source
+                .overrides
+                .iter()
+                .any(|(k, _)| key.starts_with(k.as_str()) || k.starts_with(&key));
+            let origin = if from_override {
+                " (set on the command line)"
+            } else {
+                ""
+            };
+            usage(format!(
+                "{}: `{key}`{origin}: {}",
+                path.display(),
+                e.inner().to_string().trim()
+            ))
+        })?;
+    config
+        .validate()
+        .with_context(|| format!("invalid configuration {}", path.display()))?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn override_values_parse_as_toml_or_strings() {
+        assert_eq!(override_value("0.5"), toml::Value::Float(0.5));
+        assert_eq!(override_value("true"), toml::Value::Boolean(true));
+        assert_eq!(override_value("sgd"), toml::Value::String("sgd".into()));
+        assert_eq!(
+            override_value("[1, 2]"),
+            toml::Value::Array(vec![toml::Value::Integer(1), toml::Value::Integer(2)])
+        );
+        assert!(parse_override("novalue").is_err());
+        assert!(parse_override("a..b=1").is_err());
+        assert_eq!(
+            parse_override(" run.epochs = 3 ").unwrap(),
+            ("run.epochs".into(), "3".into())
+        );
+    }
+}

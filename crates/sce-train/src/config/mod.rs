@@ -1,0 +1,8 @@
+//! The training configuration: one typed section per concern, read from TOML with unknown keys
+//! refused, overridable from the command line, validated before anything runs.
+
+mod load;
+mod sections;
+
+pub use load::{ConfigSource, load_config, parse_override};
+pub use sections::*;

@@ -1,0 +1,26 @@
+//! `sce-train`: the SCE pretraining binary and what it is built from.
+//!
+//! - [`cli`]: the command line (`pretrain`, `knn`, `linear`, `embed`, `export`, `bench`).
+//! - [`config`]: typed TOML configuration, `--set` overrides, validation.
+//! - [`backend`]: Cargo-feature backends chosen at run time with `--device`.
+//! - [`model`]: the SCE step hosted by burn-train's `Learner` (EMA and queue in `optimize`).
+//! - [`optim`]: LARS and the warmup + cosine schedule.
+//! - [`train`]: the epoch loop (a custom learning strategy), run directory, checkpoints.
+//! - [`eval`]: kNN, linear evaluation, embeddings.
+//! - [`bench`]: augmentation and training-step benchmarks.
+
+pub mod backend;
+pub mod bench;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod eval;
+pub mod model;
+pub mod optim;
+mod quiet;
+pub mod train;
+
+// `#[derive(RecordState)]` (LARS state) expands to paths at the crate root.
+#[allow(unused_imports)]
+use burn::optim::{RecordState, StateSink, StateSource, join_index, join_path};

@@ -1,0 +1,259 @@
+//! The trainable unit hosted by burn-train's `Learner`: the momentum pair, the key queue and
+//! the per-step bookkeeping, with the SCE step as `TrainStep`.
+//!
+//! One step (spec §1.7): target keys (no gradient, split-BN) → online embeddings → loss against
+//! the queue as it was before the step → backward. The Learner then calls
+//! [`TrainStep::optimize`], overridden here: optimizer step, enqueue this step's keys, EMA of the
+//! target with this step's momentum.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use burn::module::Module;
+use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+use burn::optim::{GradientsParams, ModuleOptimizer, MultiGradientsParams};
+use burn::tensor::{Device, Tensor};
+use burn::train::metric::{Adaptor, ItemLazy, LossInput};
+use burn::train::{InferenceStep, TrainOutput, TrainStep};
+use sce_data::ViewBatch;
+use sce_loss::{KeyQueue, QueueObjective, ResslLoss, SceLoss, ViewPairing, multi_view_loss};
+use sce_model::{MomentumPair, MomentumPairConfig, MomentumSchedule};
+
+/// The loss a method trains.
+#[derive(Clone, Debug)]
+pub enum Objective {
+    Sce(SceLoss),
+    Ressl(ResslLoss),
+}
+
+impl Objective {
+    fn as_dyn(&self) -> &dyn QueueObjective {
+        match self {
+            Objective::Sce(loss) => loss,
+            Objective::Ressl(loss) => loss,
+        }
+    }
+}
+
+/// What stays fixed during a run and what the step hands to `optimize`.
+#[derive(Debug)]
+pub struct StepContext {
+    pub objective: Objective,
+    pub pairing: ViewPairing,
+    pub bn_splits: usize,
+    pub momentum: MomentumSchedule,
+    pub total_steps: usize,
+    pub seed: u64,
+    /// Optimizer steps completed (the global step).
+    step: AtomicUsize,
+    /// Keys of the current step, enqueued once the optimizer step is done. Clones of the model
+    /// (one per device in multi-device training) share this list.
+    pending: Mutex<Vec<Tensor<2>>>,
+}
+
+impl StepContext {
+    pub fn new(
+        objective: Objective,
+        pairing: ViewPairing,
+        bn_splits: usize,
+        momentum: MomentumSchedule,
+        total_steps: usize,
+        seed: u64,
+    ) -> Self {
+        Self {
+            objective,
+            pairing,
+            bn_splits,
+            momentum,
+            total_steps,
+            seed,
+            step: AtomicUsize::new(0),
+            pending: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn step(&self) -> usize {
+        self.step.load(Ordering::SeqCst)
+    }
+
+    /// Restores the global step on resume.
+    pub fn set_step(&self, step: usize) {
+        self.step.store(step, Ordering::SeqCst);
+    }
+}
+
+/// Online and target networks, the queue and the step context.
+#[derive(Module, Debug)]
+pub struct SceModel {
+    pub pair: MomentumPair,
+    pub queue: KeyQueue,
+    #[module(skip)]
+    pub ctx: Arc<StepContext>,
+}
+
+/// The loss of one step, plus the mean cosine similarity between online embeddings and their
+/// targets (a cheap health signal: it should rise during training).
+pub struct SceOutput {
+    pub loss: Tensor<1>,
+    pub positive_similarity: Tensor<1>,
+}
+
+impl ItemLazy for SceOutput {
+    fn sync(self) -> Result<Self, burn::tensor::ExecutionError> {
+        self.loss.device().flush()?;
+        Ok(Self {
+            loss: self.loss.without_autodiff(),
+            positive_similarity: self.positive_similarity.without_autodiff(),
+        })
+    }
+}
+
+impl Adaptor<LossInput> for SceOutput {
+    fn adapt(&self) -> LossInput {
+        LossInput::new(self.loss.clone())
+    }
+}
+
+/// SplitMix64 step, to derive per-step, per-view shuffle seeds.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl SceModel {
+    pub fn new(
+        config: &MomentumPairConfig,
+        queue_size: usize,
+        ctx: StepContext,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let pair = MomentumPair::new(config, device)?;
+        let queue = KeyQueue::new(
+            queue_size,
+            config.embedding_dim(),
+            ctx.seed ^ 0x9ee0e,
+            device,
+        )?;
+        Ok(Self {
+            pair,
+            queue,
+            ctx: Arc::new(ctx),
+        })
+    }
+
+    /// Loss of a batch against the current queue, and the keys the batch would enqueue.
+    pub fn forward_loss(&self, batch: &ViewBatch) -> (SceOutput, Tensor<2>) {
+        let ctx = &self.ctx;
+        let views = &batch.views;
+        assert_eq!(
+            views.len(),
+            ctx.pairing.views(),
+            "the loader yields as many views as the pairing expects (checked at start-up)"
+        );
+        let step_seed = mix(ctx.seed ^ mix(ctx.step() as u64));
+        let keys: Vec<Tensor<2>> = ctx
+            .pairing
+            .target_views()
+            .map(|i| {
+                self.pair
+                    .target_embed(views[i].clone(), ctx.bn_splits, mix(step_seed ^ i as u64))
+                    .expect("batch size divisible by bn_splits (checked at start-up)")
+            })
+            .collect();
+        let online: Vec<Tensor<2>> = ctx
+            .pairing
+            .online_views()
+            .map(|j| self.pair.online_embed(views[j].clone()))
+            .collect();
+        let loss = multi_view_loss(
+            ctx.objective.as_dyn(),
+            &ctx.pairing,
+            &online,
+            &keys,
+            self.queue.keys(),
+        )
+        .expect("shapes fixed by the configuration (checked at start-up)");
+        let similarity = ctx
+            .pairing
+            .pairs()
+            .into_iter()
+            .map(|(j, i)| {
+                let q = online[j - ctx.pairing.online_views().start]
+                    .clone()
+                    .detach();
+                (q * keys[i].clone()).sum_dim(1).mean()
+            })
+            .reduce(|a, b| a + b)
+            .expect("at least one pair")
+            / ctx.pairing.pairs().len() as f64;
+        let enqueued = Tensor::cat(keys, 0);
+        (
+            SceOutput {
+                loss,
+                positive_similarity: similarity,
+            },
+            enqueued,
+        )
+    }
+
+    /// Enqueues the keys set aside by this step's forward passes (from every device), then
+    /// moves the target towards the online branch and counts the step.
+    fn after_optimizer_step(self) -> Self {
+        let pending: Vec<Tensor<2>> = std::mem::take(&mut *self.ctx.pending.lock().unwrap());
+        let mut queue = self.queue;
+        for keys in pending {
+            queue = queue
+                .enqueue(keys)
+                .expect("queue size is a multiple of the keys per step (checked at start-up)");
+        }
+        let step = self.ctx.step.fetch_add(1, Ordering::SeqCst);
+        let momentum = self.ctx.momentum.value(step, self.ctx.total_steps);
+        Self {
+            pair: self.pair.update_target(momentum),
+            queue,
+            ctx: self.ctx,
+        }
+    }
+}
+
+impl TrainStep for SceModel {
+    type Input = ViewBatch;
+    type Output = SceOutput;
+
+    fn step(&self, batch: ViewBatch) -> TrainOutput<SceOutput> {
+        let (output, keys) = self.forward_loss(&batch);
+        self.ctx.pending.lock().unwrap().push(keys);
+        let grads = output.loss.backward();
+        TrainOutput::new(self, grads, output)
+    }
+
+    fn optimize(
+        self,
+        optim: &mut ModuleOptimizer,
+        lr: ModuleLearningRate,
+        grads: GradientsParams,
+    ) -> Self {
+        optim.step(lr, self, grads).after_optimizer_step()
+    }
+
+    fn optimize_multi(
+        self,
+        optim: &mut ModuleOptimizer,
+        lr: ModuleLearningRate,
+        grads: MultiGradientsParams,
+    ) -> Self {
+        optim.step_multi(lr, self, grads).after_optimizer_step()
+    }
+}
+
+impl InferenceStep for SceModel {
+    type Input = ViewBatch;
+    type Output = SceOutput;
+
+    /// The loss without touching the queue.
+    fn step(&self, batch: ViewBatch) -> SceOutput {
+        self.forward_loss(&batch).0
+    }
+}

@@ -1,0 +1,477 @@
+//! `sce-train pretrain`: from a configuration to a trained run directory.
+
+mod checkpoint;
+mod console;
+mod plot;
+mod run_dir;
+mod signal;
+mod state;
+mod strategy;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, anyhow};
+use burn::module::Module;
+use burn::optim::OptimizerRecord;
+use burn::optim::lr_scheduler::LrSchedulerRecord;
+use burn::store::ModuleRecord;
+use burn::tensor::Device;
+use burn::train::metric::{LearningRateMetric, LossMetric};
+use burn::train::{Interrupter, Learner, SupervisedTraining, TrainingStrategy};
+use sce_data::augment::{EvalTransform, Normalization, ViewPipeline};
+use sce_data::{DatasetKind, ImageSource, Locator, OpenOptions, Prefix, Split, ViewLoader};
+use sce_loss::{ResslLoss, SceLoss};
+use sce_model::{MlpConfig, MomentumPairConfig, ResNetConfig};
+
+pub use checkpoint::{RECORDS, complete_steps, record_path, state_path, write_atomic};
+pub use console::Console;
+pub use run_dir::{RunDir, Summary};
+pub use state::{EpochRow, TrainState};
+pub use strategy::{Ending, SceStrategy};
+
+use self::checkpoint::{AtomicCheckpointer, KeepLast};
+use crate::backend::parse_device;
+use crate::config::{ConfigSource, HeadSection, MethodName, TrainConfig, load_config};
+use crate::error::usage;
+use crate::model::{Objective, SceModel, StepContext};
+use crate::optim::{WarmupCosine, build_optimizer};
+
+/// What `pretrain` was asked to do.
+#[derive(Clone, Debug)]
+pub struct PretrainArgs {
+    pub source: ConfigSource,
+    pub output: Option<PathBuf>,
+    pub resume: Option<PathBuf>,
+    pub device: String,
+    pub data_dir: Option<PathBuf>,
+    pub console: Console,
+    /// The command line, recorded in the run's config.
+    pub origin: String,
+}
+
+/// The data a run reads: where the dataset lives and how to open it.
+pub struct DataAccess {
+    pub kind: DatasetKind,
+    pub root: PathBuf,
+    pub options: OpenOptions,
+}
+
+impl DataAccess {
+    pub fn locate(
+        config: &TrainConfig,
+        data_dir: Option<PathBuf>,
+        console: &Console,
+    ) -> anyhow::Result<Self> {
+        let kind = config.data.dataset;
+        let locator = Locator::from_env(data_dir, config.data.download);
+        let mut progress = console.download_progress();
+        let root = locator.resolve(kind, &mut progress)?;
+        Ok(Self {
+            kind,
+            root,
+            options: OpenOptions {
+                channels: config.data.channels,
+                class_list: config.data.class_list.clone(),
+            },
+        })
+    }
+
+    pub fn open(&self, split: Split) -> anyhow::Result<Arc<dyn ImageSource>> {
+        Ok(self.kind.open(split, &self.root, &self.options)?)
+    }
+
+    /// The labelled split used as a kNN memory bank / linear-probe training set.
+    pub fn labelled_train(&self) -> anyhow::Result<Arc<dyn ImageSource>> {
+        self.open(Split::Train)
+    }
+}
+
+pub fn normalization(config: &TrainConfig, kind: DatasetKind, channels: usize) -> Normalization {
+    match (&config.augment.mean, &config.augment.std) {
+        (Some(mean), Some(std)) => Normalization {
+            mean: mean.clone(),
+            std: std.clone(),
+        },
+        _ => {
+            let n = kind.normalization();
+            // Grayscale folders get the mean of the RGB statistics.
+            if channels == 1 && n.mean.len() == 3 {
+                let avg = |v: &[f32]| vec![v.iter().sum::<f32>() / 3.0];
+                Normalization {
+                    mean: avg(&n.mean),
+                    std: avg(&n.std),
+                }
+            } else {
+                n
+            }
+        }
+    }
+}
+
+pub fn eval_transform(config: &TrainConfig, normalization: Normalization) -> EvalTransform {
+    EvalTransform {
+        size: config.augment.size,
+        crop_fraction: config.eval.crop_fraction,
+        normalization,
+    }
+}
+
+fn head(input: usize, head: &HeadSection) -> MlpConfig {
+    let mut dims = vec![input];
+    dims.extend(&head.hidden);
+    dims.push(head.output);
+    MlpConfig {
+        dims,
+        last_norm: head.last_norm,
+        last_bias: head.last_bias,
+    }
+}
+
+/// The networks of the configuration for images of `channels` channels.
+pub fn pair_config(config: &TrainConfig, channels: usize) -> MomentumPairConfig {
+    let m = &config.model;
+    let trunk = ResNetConfig::new(m.depth, m.stem)
+        .with_in_channels(channels)
+        .with_width(m.width)
+        .with_zero_init_residual(m.zero_init_residual);
+    MomentumPairConfig {
+        projector: head(trunk.feature_dim(), &m.projector),
+        predictor: m.predictor.as_ref().map(|p| head(m.projector.output, p)),
+        trunk,
+    }
+}
+
+pub fn objective(config: &TrainConfig) -> anyhow::Result<Objective> {
+    let m = &config.method;
+    Ok(match m.name {
+        MethodName::Sce => Objective::Sce(
+            SceLoss::new(m.tau, m.tau_m, m.lambda)?.with_target_positive(m.target_positive.into()),
+        ),
+        MethodName::Moco => Objective::Sce(SceLoss::info_nce(m.tau)?),
+        MethodName::Ressl => Objective::Ressl(ResslLoss::new(m.tau, m.tau_m)?),
+    })
+}
+
+/// The kNN monitor of a run, unless the dataset has no labelled test split.
+pub fn knn_evaluator(
+    config: &TrainConfig,
+    data: &DataAccess,
+    transform: EvalTransform,
+    device: &Device,
+    console: &Console,
+) -> anyhow::Result<Option<crate::eval::KnnEvaluator>> {
+    let test = match data.open(config.data.test_split) {
+        Ok(test) if test.num_classes() > 0 => test,
+        Ok(_) | Err(_) => {
+            console.line(format!(
+                "note: no labelled {:?} split for {}; kNN monitoring is off",
+                config.data.test_split, data.kind
+            ));
+            return Ok(None);
+        }
+    };
+    let bank = data.labelled_train()?;
+    let limit = |s: Arc<dyn ImageSource>, n: Option<usize>| -> Arc<dyn ImageSource> {
+        match n {
+            Some(n) => Arc::new(Prefix::new(s, n)),
+            None => s,
+        }
+    };
+    Ok(Some(crate::eval::KnnEvaluator {
+        bank: limit(bank, config.eval.bank_limit),
+        test: limit(test, config.eval.test_limit),
+        transform,
+        batch_size: config.eval.batch_size,
+        k: config.eval.knn_k,
+        temperature: config.eval.knn_temperature,
+        device: device.clone(),
+    }))
+}
+
+/// Loads the newest complete checkpoint of a run into the fresh learner parts.
+fn restore(
+    run: &RunDir,
+    model: SceModel,
+    optim: burn::optim::ModuleOptimizer,
+    scheduler: &mut WarmupCosine,
+) -> anyhow::Result<(SceModel, burn::optim::ModuleOptimizer, TrainState)> {
+    use burn::optim::lr_scheduler::LrScheduler;
+    let dir = run.checkpoints();
+    let step = *complete_steps(&dir).last().ok_or_else(|| {
+        usage(format!(
+            "{} holds no complete checkpoint to resume from",
+            dir.display()
+        ))
+    })?;
+    let state_file = state_path(&dir, step);
+    let state: TrainState = serde_json::from_slice(
+        &std::fs::read(&state_file)
+            .with_context(|| format!("cannot read {}", state_file.display()))?,
+    )
+    .with_context(|| format!("{} is not a training state", state_file.display()))?;
+    let model_file = record_path(&dir, "model", step);
+    let record = ModuleRecord::load(&model_file)
+        .map_err(|e| anyhow!("cannot read {}: {e}", model_file.display()))?;
+    let model = model
+        .try_load_record(record)
+        .map_err(|e| anyhow!("{} does not fit this model: {e}", model_file.display()))?;
+    let optim_file = record_path(&dir, "optim", step);
+    let optim = optim.load_record(
+        OptimizerRecord::load(&optim_file)
+            .map_err(|e| anyhow!("cannot read {}: {e}", optim_file.display()))?,
+    );
+    let sched_file = record_path(&dir, "scheduler", step);
+    scheduler.load_record(
+        LrSchedulerRecord::load(&sched_file)
+            .map_err(|e| anyhow!("cannot read {}: {e}", sched_file.display()))?,
+    );
+    model.ctx.set_step(state.global_step);
+    let queue = model.queue.with_ptr(state.queue_ptr)?;
+    Ok((SceModel { queue, ..model }, optim, state))
+}
+
+/// Trains (or continues) a run and returns its summary.
+pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
+    let console = args.console;
+    let (config, run) = match &args.resume {
+        Some(dir) => {
+            let run = RunDir::open(dir.clone())?;
+            let config = load_config(&ConfigSource {
+                path: run.config_path(),
+                overrides: args.source.overrides.clone(),
+            })?;
+            (config, run)
+        }
+        None => {
+            let config = load_config(&args.source)?;
+            let run = RunDir::create(RunDir::choose(args.output.as_deref(), &args.source.path))?;
+            run.write_config(&config, &args.origin)?;
+            (config, run)
+        }
+    };
+    let device = parse_device(&args.device)?;
+    let train_device = device.clone().autodiff();
+    device.seed(config.run.seed);
+
+    let data = DataAccess::locate(&config, args.data_dir.clone(), &console)?;
+    let mut train_source = data.open(config.data.train_split)?;
+    if let Some(limit) = config.data.limit_train {
+        train_source = Arc::new(Prefix::new(train_source, limit));
+    }
+    let channels = train_source.channels();
+    let norm = normalization(&config, data.kind, channels);
+    let pipeline = ViewPipeline::new(config.views(), norm.clone())?;
+    let loader = ViewLoader::new(
+        train_source.clone(),
+        pipeline,
+        sce_data::LoaderConfig {
+            batch_size: config.run.batch_size,
+            drop_last: true,
+            shuffle: true,
+            seed: config.run.seed,
+            threads: config.data.threads,
+            prefetch: config.data.prefetch,
+            skip_corrupt: config.data.skip_corrupt,
+        },
+        train_device.clone(),
+    )?;
+    let evaluator = knn_evaluator(
+        &config,
+        &data,
+        eval_transform(&config, norm),
+        &device,
+        &console,
+    )?;
+
+    let steps_per_epoch = loader.batches_per_epoch();
+    let total_steps = steps_per_epoch * config.run.epochs;
+    let ctx = StepContext::new(
+        objective(&config)?,
+        config.pairing(),
+        config.model.bn_splits,
+        config.method.momentum,
+        total_steps,
+        config.run.seed,
+    );
+    let model = SceModel::new(
+        &pair_config(&config, channels),
+        config.method.queue_size,
+        ctx,
+        &train_device,
+    )?;
+    let optim = build_optimizer(&config.optim);
+    let peak = config.optim.lr * config.run.batch_size as f64 / 256.0;
+    let warmup = (config.optim.warmup_epochs * steps_per_epoch as f64).round() as usize;
+    let mut scheduler = WarmupCosine::new(peak, warmup, total_steps);
+    let (model, optim, state) = if args.resume.is_some() {
+        restore(&run, model, optim, &mut scheduler)?
+    } else {
+        (model, optim, TrainState::fresh(config.run.seed))
+    };
+    if state.epoch >= config.run.epochs {
+        console.line(format!(
+            "{} already finished its {} epochs",
+            run.path.display(),
+            config.run.epochs
+        ));
+        return run.read_summary();
+    }
+    console.line(format!(
+        "{} on {} ({} images, {} steps/epoch, {} epochs) on {device:?}; run directory {}",
+        format!("{:?}", config.method.name).to_lowercase(),
+        data.kind,
+        train_source.len(),
+        steps_per_epoch,
+        config.run.epochs,
+        run.path.display()
+    ));
+    if state.global_step > 0 {
+        console.line(format!(
+            "resuming at epoch {}, batch {} (step {})",
+            state.epoch + 1,
+            state.batch_in_epoch,
+            state.global_step
+        ));
+    }
+
+    let checkpoints = run.checkpoints();
+    let existing = complete_steps(&checkpoints);
+    let strategy = Arc::new(SceStrategy {
+        device: train_device.clone(),
+        loader: loader.clone(),
+        evaluator,
+        run: run.clone(),
+        console,
+        epochs: config.run.epochs,
+        batch_size: config.run.batch_size,
+        knn_every: config.eval.knn_every,
+        checkpoint_every: config.run.checkpoint_every,
+        saved: Mutex::new(existing.clone()),
+        state: Mutex::new(state),
+        outcome: Mutex::new(None),
+    });
+    let interrupter = Interrupter::new();
+    signal::route_signals_to(&interrupter);
+    let mut keep = KeepLast::new(2);
+    keep.seed(existing);
+    let training = SupervisedTraining::new(&run.path, Arc::new(loader.clone()), Arc::new(loader))
+        .with_training_strategy(TrainingStrategy::Custom(strategy.clone()))
+        .with_custom_checkpointers(
+            AtomicCheckpointer::new(&checkpoints, "model"),
+            AtomicCheckpointer::new(&checkpoints, "optim"),
+            AtomicCheckpointer::new(&checkpoints, "scheduler"),
+        )
+        .with_checkpointing_strategy(keep)
+        .renderer(Box::new(crate::quiet::QuietRenderer))
+        .with_interrupter(interrupter)
+        .metrics((LossMetric::new(),))
+        .metric_train_numeric(LearningRateMetric::new())
+        .num_epochs(config.run.epochs);
+    let result = training.launch(Learner::new(model, optim, scheduler));
+    drop(result);
+
+    let outcome = strategy
+        .outcome
+        .lock()
+        .unwrap()
+        .take()
+        .unwrap_or_else(|| Err(anyhow!("training did not run")));
+    let state = strategy.state.lock().unwrap().clone();
+    for skipped in strategy.loader.skipped() {
+        console.line(format!("skipped unreadable image: {skipped}"));
+    }
+    match outcome? {
+        Ending::Interrupted => Err(anyhow!(
+            "training interrupted at epoch {}, batch {} (step {}); the checkpoint is saved — \
+             continue with: sce-train pretrain --resume {}",
+            state.epoch + 1,
+            state.batch_in_epoch,
+            state.global_step,
+            run.path.display()
+        )),
+        Ending::Finished => {
+            let last = state
+                .history
+                .last()
+                .ok_or_else(|| anyhow!("no epoch completed"))?;
+            let summary = Summary {
+                run_dir: run.path.clone(),
+                method: format!("{:?}", config.method.name).to_lowercase(),
+                dataset: data.kind.to_string(),
+                device: format!("{device:?}"),
+                epochs: config.run.epochs,
+                steps: state.global_step,
+                final_loss: last.loss,
+                knn_top1: last.knn_top1,
+                knn_top1_initial: state.knn_initial,
+                images_per_s: state.train_images as f64 / state.train_seconds.max(1e-9),
+                seconds: state.wall_seconds,
+            };
+            run.write_summary(&summary)?;
+            Ok(summary)
+        }
+    }
+}
+
+/// Image channels a configuration trains on.
+pub fn channels_of(config: &TrainConfig) -> usize {
+    config
+        .data
+        .channels
+        .unwrap_or(config.data.dataset.channels())
+}
+
+/// A run's configuration and its networks with the weights of its newest checkpoint, on
+/// `device` (queue and optimizer state are not needed to evaluate or export).
+pub fn load_run(
+    run_dir: &std::path::Path,
+    device: &Device,
+) -> anyhow::Result<(TrainConfig, SceModel)> {
+    let run = RunDir::open(run_dir.to_path_buf())?;
+    let config = load_config(&ConfigSource {
+        path: run.config_path(),
+        overrides: Vec::new(),
+    })?;
+    let dir = run.checkpoints();
+    let step = *complete_steps(&dir).last().ok_or_else(|| {
+        usage(format!(
+            "{} holds no complete checkpoint (train it first)",
+            dir.display()
+        ))
+    })?;
+    let model = fresh_model(&config, 1, device)?;
+    let file = record_path(&dir, "model", step);
+    let record =
+        ModuleRecord::load(&file).map_err(|e| anyhow!("cannot read {}: {e}", file.display()))?;
+    let model = model.try_load_record(record).map_err(|e| {
+        anyhow!(
+            "{} does not fit the run's configuration: {e}",
+            file.display()
+        )
+    })?;
+    Ok((config, model))
+}
+
+/// The untrained networks of a configuration (seeded by `run.seed`), for `total_steps` steps.
+pub fn fresh_model(
+    config: &TrainConfig,
+    total_steps: usize,
+    device: &Device,
+) -> anyhow::Result<SceModel> {
+    device.seed(config.run.seed);
+    let ctx = StepContext::new(
+        objective(config)?,
+        config.pairing(),
+        config.model.bn_splits,
+        config.method.momentum,
+        total_steps,
+        config.run.seed,
+    );
+    SceModel::new(
+        &pair_config(config, channels_of(config)),
+        config.method.queue_size,
+        ctx,
+        device,
+    )
+}

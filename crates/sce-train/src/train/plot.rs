@@ -1,0 +1,126 @@
+//! `training.png`: loss, learning rate and kNN accuracy per epoch (plotters, drawn into a
+//! buffer and encoded with `image`). Text needs a TrueType font: the first common system font
+//! found is used; without one the curves are drawn unlabelled.
+
+use std::path::Path;
+
+use anyhow::Context;
+use plotters::prelude::*;
+
+use super::state::EpochRow;
+
+const FONT_PATHS: [&str; 6] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/System/Library/Fonts/Supplemental/Arial.ttf",
+    "/Library/Fonts/Arial.ttf",
+    "C:\\Windows\\Fonts\\arial.ttf",
+];
+
+fn register_font() -> bool {
+    static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FOUND.get_or_init(|| {
+        FONT_PATHS.iter().any(|path| {
+            std::fs::read(path).ok().is_some_and(|bytes| {
+                plotters::style::register_font(
+                    "sans-serif",
+                    FontStyle::Normal,
+                    Box::leak(bytes.into_boxed_slice()),
+                )
+                .is_ok()
+            })
+        })
+    })
+}
+
+fn panel(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    title: &str,
+    points: &[(f64, f64)],
+    color: RGBColor,
+    labelled: bool,
+) -> anyhow::Result<()> {
+    if points.is_empty() {
+        return Ok(());
+    }
+    let (x0, x1) = (points[0].0, points.last().unwrap().0.max(points[0].0 + 1.0));
+    let (mut y0, mut y1) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
+        (lo.min(p.1), hi.max(p.1))
+    });
+    if (y1 - y0).abs() < 1e-12 {
+        y0 -= 0.5;
+        y1 += 0.5;
+    }
+    let pad = (y1 - y0) * 0.05;
+    let mut builder = ChartBuilder::on(area);
+    builder.margin(10);
+    if labelled {
+        builder
+            .caption(title, ("sans-serif", 18))
+            .x_label_area_size(30)
+            .y_label_area_size(60);
+    }
+    let mut chart = builder.build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))?;
+    let mut mesh = chart.configure_mesh();
+    if labelled {
+        mesh.x_desc("epoch");
+    } else {
+        mesh.disable_x_mesh()
+            .disable_y_mesh()
+            .x_labels(0)
+            .y_labels(0);
+    }
+    mesh.draw()?;
+    chart.draw_series(LineSeries::new(
+        points.iter().copied(),
+        color.stroke_width(2),
+    ))?;
+    chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+    Ok(())
+}
+
+/// Draws the three curves side by side into `path`.
+pub fn plot_history(
+    path: &Path,
+    rows: &[EpochRow],
+    knn_initial: Option<f64>,
+) -> anyhow::Result<()> {
+    let (width, height) = (1200u32, 360u32);
+    let mut buffer = vec![0u8; (width * height * 3) as usize];
+    let labelled = register_font();
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let panels = root.split_evenly((1, 3));
+        let series = |f: &dyn Fn(&EpochRow) -> Option<f64>| -> Vec<(f64, f64)> {
+            rows.iter()
+                .filter_map(|r| f(r).map(|v| (r.epoch as f64, v)))
+                .collect()
+        };
+        panel(
+            &panels[0],
+            "training loss",
+            &series(&|r| Some(r.loss)),
+            BLUE,
+            labelled,
+        )?;
+        panel(
+            &panels[1],
+            "learning rate (end of epoch)",
+            &series(&|r| Some(r.lr)),
+            RED,
+            labelled,
+        )?;
+        let mut knn: Vec<(f64, f64)> = knn_initial.map(|v| (0.0, v)).into_iter().collect();
+        knn.extend(series(&|r| r.knn_top1));
+        panel(&panels[2], "kNN top-1 (%)", &knn, GREEN, labelled)?;
+        root.present()?;
+    }
+    let image = image::RgbImage::from_raw(width, height, buffer).context("plot buffer size")?;
+    let tmp = path.with_extension("png.tmp");
+    image
+        .save_with_format(&tmp, image::ImageFormat::Png)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}

@@ -1,0 +1,119 @@
+//! The run directory: resolved config, checkpoints, metrics, plot and summary.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::write_atomic;
+use super::state::EpochRow;
+use crate::config::TrainConfig;
+
+/// The end-of-run figures, written to `summary.json` and printed with `--json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub run_dir: PathBuf,
+    pub method: String,
+    pub dataset: String,
+    pub device: String,
+    pub epochs: usize,
+    pub steps: usize,
+    pub final_loss: f64,
+    pub knn_top1: Option<f64>,
+    pub knn_top1_initial: Option<f64>,
+    /// Source images per second of training (evaluation excluded).
+    pub images_per_s: f64,
+    /// Wall time of the run, evaluation included.
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    /// `output`, or the first free `runs/<config name>-<n>`.
+    pub fn choose(output: Option<&Path>, config_path: &Path) -> PathBuf {
+        if let Some(out) = output {
+            return out.to_path_buf();
+        }
+        let stem = config_path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("run");
+        (0..)
+            .map(|n| PathBuf::from("runs").join(format!("{stem}-{n}")))
+            .find(|p| !p.exists())
+            .expect("an unused run name exists")
+    }
+
+    /// Creates a fresh run directory; refuses one that already holds a run.
+    pub fn create(path: PathBuf) -> anyhow::Result<Self> {
+        if path.join("config.toml").exists() {
+            return Err(crate::error::usage(format!(
+                "{} already holds a run; pass --resume {} to continue it or choose another --output",
+                path.display(),
+                path.display()
+            )));
+        }
+        std::fs::create_dir_all(path.join("checkpoints"))
+            .with_context(|| format!("cannot create run directory {}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    pub fn open(path: PathBuf) -> anyhow::Result<Self> {
+        if !path.join("config.toml").is_file() {
+            return Err(crate::error::usage(format!(
+                "{} is not a run directory (no config.toml)",
+                path.display()
+            )));
+        }
+        Ok(Self { path })
+    }
+
+    pub fn checkpoints(&self) -> PathBuf {
+        self.path.join("checkpoints")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path.join("config.toml")
+    }
+
+    /// The resolved configuration, with the command line that produced it as a comment.
+    pub fn write_config(&self, config: &TrainConfig, origin: &str) -> anyhow::Result<()> {
+        let body = toml::to_string_pretty(config).context("cannot serialise the configuration")?;
+        let text = format!("# Resolved configuration of this run.\n# {origin}\n\n{body}");
+        write_atomic(&self.config_path(), text.as_bytes())
+            .with_context(|| format!("cannot write {}", self.config_path().display()))
+    }
+
+    pub fn write_metrics(&self, rows: &[EpochRow]) -> anyhow::Result<()> {
+        let mut csv =
+            String::from("epoch,step,loss,lr,positive_similarity,knn_top1,images_per_s,seconds\n");
+        for r in rows {
+            let knn = r.knn_top1.map(|v| format!("{v:.4}")).unwrap_or_default();
+            csv.push_str(&format!(
+                "{},{},{:.6},{:.6e},{:.6},{knn},{:.2},{:.2}\n",
+                r.epoch, r.step, r.loss, r.lr, r.positive_similarity, r.images_per_s, r.seconds
+            ));
+        }
+        let path = self.path.join("metrics.csv");
+        write_atomic(&path, csv.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    pub fn write_summary(&self, summary: &Summary) -> anyhow::Result<()> {
+        let path = self.path.join("summary.json");
+        let text = serde_json::to_string_pretty(summary)?;
+        write_atomic(&path, text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    pub fn read_summary(&self) -> anyhow::Result<Summary> {
+        let path = self.path.join("summary.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+}

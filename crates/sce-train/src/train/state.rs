@@ -1,0 +1,51 @@
+//! What a checkpoint records beside the Burn records, and the per-epoch history of a run.
+
+use serde::{Deserialize, Serialize};
+
+/// One line of `metrics.csv`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRow {
+    pub epoch: usize,
+    pub step: usize,
+    pub loss: f64,
+    pub lr: f64,
+    pub positive_similarity: f64,
+    pub knn_top1: Option<f64>,
+    pub images_per_s: f64,
+    pub seconds: f64,
+}
+
+/// Where training stands: enough to continue exactly where it stopped.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Epoch in progress (0-based) and the next batch within it.
+    pub epoch: usize,
+    pub batch_in_epoch: usize,
+    /// Optimizer steps completed.
+    pub global_step: usize,
+    /// Where the next keys go in the queue (the keys themselves are in the model record).
+    pub queue_ptr: usize,
+    /// The data order and augmentations derive from this seed with (epoch, index).
+    pub seed: u64,
+    /// Partial sums of the epoch in progress.
+    pub epoch_loss_sum: f64,
+    pub epoch_similarity_sum: f64,
+    pub epoch_batches: usize,
+    pub epoch_seconds: f64,
+    /// Training time and images across all epochs, for the throughput figure.
+    pub train_seconds: f64,
+    pub train_images: usize,
+    /// Wall time of all sessions of this run.
+    pub wall_seconds: f64,
+    pub knn_initial: Option<f64>,
+    pub history: Vec<EpochRow>,
+}
+
+impl TrainState {
+    pub fn fresh(seed: u64) -> Self {
+        Self {
+            seed,
+            ..Default::default()
+        }
+    }
+}

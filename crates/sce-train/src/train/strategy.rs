@@ -1,0 +1,272 @@
+//! The epoch loop, as a custom burn-train `SupervisedLearningStrategy`.
+//!
+//! Burn's default strategy validates with a loader every epoch and checkpoints by epoch number;
+//! SCE needs kNN on the trunk instead, checkpoints that also hold the queue pointer, the data
+//! position and the step count (so a run stopped mid-epoch resumes exactly), and a clean stop
+//! on a non-finite loss. The Learner still owns model, optimizer and schedule; Burn's event
+//! processor still logs the metrics and its checkpointer still writes the records.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{Context, anyhow};
+use burn::data::dataloader::DataLoader;
+use burn::module::Module;
+use burn::tensor::Device;
+use burn::train::metric::store::EventStoreClient;
+use burn::train::{
+    EventProcessorTraining, Interrupter, Learner, LearnerEvent, LearningCheckpointer,
+    SupervisedLearningStrategy, SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents,
+    TrainingItem, ValidLoader,
+};
+use sce_data::ViewLoader;
+use sce_model::params::sync_buffers;
+
+use super::checkpoint::{state_path, write_atomic};
+use super::console::Console;
+use super::plot::plot_history;
+use super::run_dir::RunDir;
+use super::state::{EpochRow, TrainState};
+use crate::eval::KnnEvaluator;
+use crate::model::SceModel;
+
+/// How a training session ended (errors aside).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    Finished,
+    Interrupted,
+}
+
+pub struct SceStrategy {
+    pub device: Device,
+    pub loader: ViewLoader,
+    pub evaluator: Option<KnnEvaluator>,
+    pub run: RunDir,
+    pub console: Console,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub knn_every: usize,
+    pub checkpoint_every: usize,
+    /// Steps whose checkpoint exists, oldest first (the newest two are kept).
+    pub saved: Mutex<Vec<usize>>,
+    pub state: Mutex<TrainState>,
+    pub outcome: Mutex<Option<anyhow::Result<Ending>>>,
+}
+
+type Processor = SupervisedTrainingEventProcessor<SceModel>;
+
+impl SceStrategy {
+    fn knn(&self, learner: &Learner<SceModel>) -> anyhow::Result<Option<f64>> {
+        let Some(evaluator) = &self.evaluator else {
+            return Ok(None);
+        };
+        let model = learner.model().valid();
+        let result = evaluator.evaluate(&model.pair.online().trunk)?;
+        Ok(Some(result.top1))
+    }
+
+    fn save(
+        &self,
+        learner: &Learner<SceModel>,
+        state: &mut TrainState,
+        checkpointer: Option<&mut LearningCheckpointer<SceModel>>,
+        store: &EventStoreClient,
+    ) -> anyhow::Result<()> {
+        let Some(checkpointer) = checkpointer else {
+            return Ok(());
+        };
+        let model = learner.model();
+        // Burn's BatchNorm statistics merge their latest update lazily; fold it in first.
+        sync_buffers(&model);
+        state.queue_ptr = model.queue.ptr();
+        let step = state.global_step;
+        checkpointer.checkpoint(learner, step, store);
+        let dir = self.run.checkpoints();
+        let json = serde_json::to_vec_pretty(state)?;
+        write_atomic(&state_path(&dir, step), &json)
+            .with_context(|| format!("cannot write a checkpoint into {}", dir.display()))?;
+        let mut saved = self.saved.lock().unwrap();
+        saved.push(step);
+        while saved.len() > 2 {
+            let old = saved.remove(0);
+            let _ = std::fs::remove_file(state_path(&dir, old));
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_epochs(
+        &self,
+        learner: &mut Learner<SceModel>,
+        state: &mut TrainState,
+        processor: &mut Processor,
+        mut checkpointer: Option<LearningCheckpointer<SceModel>>,
+        interrupter: &Interrupter,
+        store: &EventStoreClient,
+    ) -> anyhow::Result<Ending> {
+        let session = Instant::now();
+        let wall_before = state.wall_seconds;
+        let fresh = state.global_step == 0 && state.batch_in_epoch == 0;
+        if fresh && state.knn_initial.is_none() && self.evaluator.is_some() {
+            self.console.line("kNN of the untrained network…");
+            state.knn_initial = self.knn(learner)?;
+            if let Some(v) = state.knn_initial {
+                self.console.line(format!("epoch 0: kNN top-1 {v:.2}%"));
+            }
+        }
+        let steps_per_epoch = self.loader.batches_per_epoch();
+        for epoch in state.epoch..self.epochs {
+            self.loader.cursor().set(epoch as u64, state.batch_in_epoch);
+            interrupter.fail_on_error(processor.process_train(LearnerEvent::StartSplit {
+                epoch_number: epoch + 1,
+                total_items: self.loader.num_items(),
+            }));
+            let bar = self.console.bar(
+                steps_per_epoch,
+                format!("epoch {}/{}", epoch + 1, self.epochs),
+            );
+            bar.set_position(state.batch_in_epoch as u64);
+            let mut batches = self.loader.iter();
+            let mut tick = Instant::now();
+            while let Some(item) = batches.next() {
+                let batch = item.map_err(|e| anyhow!("reading training data: {e}"))?;
+                let progress = batches.progress();
+                let output = learner.train_step(batch);
+                let loss = output.item.loss.clone().into_scalar::<f32>() as f64;
+                if !loss.is_finite() {
+                    bar.finish_and_clear();
+                    return Err(anyhow!(
+                        "the loss became {loss} at step {} (epoch {}, batch {}); training stopped \
+                         without saving this state — the last good checkpoint in {} is kept. \
+                         Lower optim.lr or check the data",
+                        state.global_step,
+                        epoch + 1,
+                        state.batch_in_epoch,
+                        self.run.checkpoints().display()
+                    ));
+                }
+                let similarity =
+                    output.item.positive_similarity.clone().into_scalar::<f32>() as f64;
+                learner.lr_step();
+                learner.optimizer_step(output.grads);
+                let now = Instant::now();
+                let seconds = (now - tick).as_secs_f64();
+                tick = now;
+                state.batch_in_epoch += 1;
+                state.global_step += 1;
+                state.epoch_loss_sum += loss;
+                state.epoch_similarity_sum += similarity;
+                state.epoch_batches += 1;
+                state.epoch_seconds += seconds;
+                state.train_seconds += seconds;
+                state.train_images += self.batch_size;
+                let item = TrainingItem::new(
+                    output.item,
+                    progress,
+                    Some(state.batch_in_epoch),
+                    Some(learner.lr_current()),
+                );
+                interrupter
+                    .fail_on_error(processor.process_train(LearnerEvent::ProcessedItem(item)));
+                bar.inc(1);
+                bar.set_message(format!("loss {loss:.4}"));
+                if interrupter.should_stop() {
+                    break;
+                }
+            }
+            bar.finish_and_clear();
+            if let Some(error) = interrupter.error() {
+                return Err(anyhow!("{error}"));
+            }
+            if interrupter.should_stop() {
+                self.save(learner, state, checkpointer.as_mut(), store)?;
+                state.wall_seconds = wall_before + session.elapsed().as_secs_f64();
+                return Ok(Ending::Interrupted);
+            }
+            interrupter.fail_on_error(processor.process_train(LearnerEvent::EndSplit(epoch + 1)));
+
+            let last = epoch + 1 == self.epochs;
+            let knn = if last || (epoch + 1) % self.knn_every == 0 {
+                self.knn(learner)?
+            } else {
+                None
+            };
+            let batches = state.epoch_batches.max(1) as f64;
+            let row = EpochRow {
+                epoch: epoch + 1,
+                step: state.global_step,
+                loss: state.epoch_loss_sum / batches,
+                lr: learner.lr_current().base(),
+                positive_similarity: state.epoch_similarity_sum / batches,
+                knn_top1: knn,
+                images_per_s: state.epoch_batches as f64 * self.batch_size as f64
+                    / state.epoch_seconds.max(1e-9),
+                seconds: state.epoch_seconds,
+            };
+            self.console.line(format!(
+                "epoch {}/{}: loss {:.4}  lr {:.4}  pos-sim {:.3}  {:.1} img/s{}",
+                row.epoch,
+                self.epochs,
+                row.loss,
+                row.lr,
+                row.positive_similarity,
+                row.images_per_s,
+                knn.map(|v| format!("  kNN top-1 {v:.2}%"))
+                    .unwrap_or_default()
+            ));
+            state.history.push(row);
+            state.epoch = epoch + 1;
+            state.batch_in_epoch = 0;
+            state.epoch_loss_sum = 0.0;
+            state.epoch_similarity_sum = 0.0;
+            state.epoch_batches = 0;
+            state.epoch_seconds = 0.0;
+            interrupter.fail_on_error(processor.process_train(LearnerEvent::EndEpoch(epoch + 1)));
+            self.run.write_metrics(&state.history)?;
+            if let Err(e) = plot_history(
+                &self.run.path.join("training.png"),
+                &state.history,
+                state.knn_initial,
+            ) {
+                self.console.line(format!("warning: no plot: {e:#}"));
+            }
+            state.wall_seconds = wall_before + session.elapsed().as_secs_f64();
+            if last || (epoch + 1) % self.checkpoint_every == 0 {
+                self.save(learner, state, checkpointer.as_mut(), store)?;
+            }
+        }
+        Ok(Ending::Finished)
+    }
+}
+
+impl SupervisedLearningStrategy<SceModel> for SceStrategy {
+    fn fit(
+        &self,
+        components: TrainingComponents<SceModel>,
+        mut learner: Learner<SceModel>,
+        _train: TrainLoader<SceModel>,
+        _valid: ValidLoader<SceModel>,
+        _starting_epoch: usize,
+    ) -> (SceModel, Processor) {
+        let TrainingComponents {
+            checkpointer,
+            interrupter,
+            mut event_processor,
+            event_store,
+            ..
+        } = components;
+        learner.fork(&self.device);
+        let mut state = self.state.lock().unwrap().clone();
+        let outcome = self.run_epochs(
+            &mut learner,
+            &mut state,
+            &mut event_processor,
+            checkpointer,
+            &interrupter,
+            &event_store,
+        );
+        *self.state.lock().unwrap() = state;
+        *self.outcome.lock().unwrap() = Some(outcome);
+        (learner.model(), event_processor)
+    }
+}
