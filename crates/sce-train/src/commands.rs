@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, anyhow};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig};
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -151,6 +151,46 @@ pub struct LinearCmd {
     /// Evaluate on only the first N test images.
     #[arg(long, value_name = "N")]
     pub limit_test: Option<usize>,
+    /// Normalise features with a non-affine BatchNorm before the linear layer (MAE's linear
+    /// probe). Off by default, as the spec's protocol; it makes SGD converge on features with
+    /// a large common offset (short pretraining, untrained trunks).
+    #[arg(long)]
+    pub feature_bn: bool,
+}
+
+/// The classifier of the linear protocol: an optional non-affine BatchNorm, then one Linear.
+#[derive(Module, Debug)]
+struct LinearProbe {
+    norm: Option<BatchNorm>,
+    linear: Linear,
+}
+
+impl LinearProbe {
+    fn new(features: usize, classes: usize, feature_bn: bool, device: &Device) -> Self {
+        // Spec §5: weights N(0, 0.01), bias 0.
+        let mut linear = LinearConfig::new(features, classes)
+            .with_initializer(Initializer::Normal {
+                mean: 0.0,
+                std: 0.01,
+            })
+            .init(device);
+        linear.bias = linear.bias.map(|b| b.map(|t| t.zeros_like()));
+        let norm = feature_bn.then(|| {
+            let mut bn = BatchNormConfig::new(features).init(device);
+            bn.gamma = bn.gamma.set_require_grad(false);
+            bn.beta = bn.beta.set_require_grad(false);
+            bn
+        });
+        Self { norm, linear }
+    }
+
+    fn forward(&self, features: Tensor<2>) -> Tensor<2> {
+        let x = match &self.norm {
+            Some(bn) => bn.forward(features),
+            None => features,
+        };
+        self.linear.forward(x)
+    }
 }
 
 #[derive(Serialize)]
@@ -168,6 +208,7 @@ struct LinearReport {
     batch_size: usize,
     lr: f64,
     schedule: &'static str,
+    feature_bn: bool,
     train_images: usize,
     test_images: usize,
     top1: f64,
@@ -235,14 +276,8 @@ impl LinearCmd {
             device.clone(),
         )?;
         let feature_dim = pair_feature_dim(&config);
-        // Spec §5: one linear layer, weights N(0, 0.01), bias 0; SGD momentum 0.9, no decay.
-        let mut head: Linear = LinearConfig::new(feature_dim, classes)
-            .with_initializer(Initializer::Normal {
-                mean: 0.0,
-                std: 0.01,
-            })
-            .init(&ad);
-        head.bias = head.bias.map(|b| b.map(|t| t.zeros_like()));
+        // Spec §5: SGD momentum 0.9, no weight decay.
+        let mut head = LinearProbe::new(feature_dim, classes, self.feature_bn, &ad);
         let mut optim = SgdConfig::new()
             .with_momentum(Some(MomentumConfig {
                 momentum: 0.9,
@@ -284,10 +319,8 @@ impl LinearCmd {
                     .iter()
                     .map(|l| l.expect("labelled split"))
                     .collect();
-                let features = trunk
-                    .forward(batch.views[0].clone())
-                    .to_device(&ad)
-                    .detach();
+                // Frozen trunk on the plain device; the probe trains on the autodiff one.
+                let features = trunk.forward(batch.views[0].clone()).autodiff();
                 let logits = head.forward(features);
                 let targets = Tensor::<1, Int>::from_data(
                     TensorData::new(
@@ -299,7 +332,16 @@ impl LinearCmd {
                 let loss = loss_fn.forward(logits.clone(), targets);
                 correct += topk_correct(logits.detach(), &labels).0;
                 seen += labels.len();
-                loss_sum += loss.clone().into_scalar::<f32>() as f64;
+                let value = loss.clone().into_scalar::<f32>() as f64;
+                if !value.is_finite() {
+                    bar.finish_and_clear();
+                    anyhow::bail!(
+                        "the linear classifier diverged (loss {value}) in epoch {}; lower --lr \
+                         (now {lr}) or pass --feature-bn",
+                        epoch + 1
+                    );
+                }
+                loss_sum += value;
                 batches += 1;
                 let grads = GradientsParams::from_grads(loss.backward(), &head);
                 head = optim.step(lr, head, grads);
@@ -344,6 +386,7 @@ impl LinearCmd {
             } else {
                 "cosine"
             },
+            feature_bn: self.feature_bn,
             train_images: train.len(),
             test_images: n,
             top1: 100.0 * c1 as f64 / n.max(1) as f64,

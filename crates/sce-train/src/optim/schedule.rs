@@ -23,6 +23,11 @@ impl WarmupCosine {
         }
     }
 
+    /// Steps taken so far.
+    pub fn steps_taken(&self) -> usize {
+        self.next
+    }
+
     /// The LR at 0-based step `t`.
     pub fn at(&self, t: usize) -> f64 {
         if t < self.warmup {

@@ -95,14 +95,21 @@ impl KeepLast {
     }
 }
 
-impl CheckpointingStrategy for KeepLast {
-    fn checkpointing(&mut self, step: usize, _: &EventStoreClient) -> Vec<CheckpointingAction> {
+impl KeepLast {
+    /// Save `step`, delete what falls out of the window.
+    fn plan(&mut self, step: usize) -> Vec<CheckpointingAction> {
         self.saved.push(step);
         let mut actions = vec![CheckpointingAction::Save];
         while self.saved.len() > self.keep {
             actions.push(CheckpointingAction::Delete(self.saved.remove(0)));
         }
         actions
+    }
+}
+
+impl CheckpointingStrategy for KeepLast {
+    fn checkpointing(&mut self, step: usize, _: &EventStoreClient) -> Vec<CheckpointingAction> {
+        self.plan(step)
     }
 }
 
@@ -150,10 +157,10 @@ mod tests {
     #[test]
     fn keep_last_deletes_the_oldest() {
         let mut k = KeepLast::new(2);
-        let store = EventStoreClient::new(Default::default());
-        assert_eq!(k.checkpointing(1, &store).len(), 1);
-        assert_eq!(k.checkpointing(2, &store).len(), 1);
-        let actions = k.checkpointing(3, &store);
-        assert!(matches!(actions[1], CheckpointingAction::Delete(1)));
+        k.seed(vec![4]);
+        assert_eq!(k.plan(8).len(), 1);
+        let actions = k.plan(12);
+        assert!(matches!(actions[1], CheckpointingAction::Delete(4)));
+        assert!(matches!(k.plan(16)[1], CheckpointingAction::Delete(8)));
     }
 }

@@ -222,9 +222,16 @@ fn restore(
             .map_err(|e| anyhow!("cannot read {}: {e}", optim_file.display()))?,
     );
     let sched_file = record_path(&dir, "scheduler", step);
-    scheduler.load_record(
-        LrSchedulerRecord::load(&sched_file)
-            .map_err(|e| anyhow!("cannot read {}: {e}", sched_file.display()))?,
+    let record = LrSchedulerRecord::load(&sched_file)
+        .map_err(|e| anyhow!("cannot read {}: {e}", sched_file.display()))?;
+    // The Learner's ModuleLrScheduler nests its single group's record under "0".
+    scheduler.load_record(record.record("0"));
+    anyhow::ensure!(
+        scheduler.steps_taken() == state.global_step,
+        "{} is at step {} but the training state at step {}; the checkpoint is inconsistent",
+        sched_file.display(),
+        scheduler.steps_taken(),
+        state.global_step
     );
     model.ctx.set_step(state.global_step);
     let queue = model.queue.with_ptr(state.queue_ptr)?;
@@ -234,21 +241,16 @@ fn restore(
 /// Trains (or continues) a run and returns its summary.
 pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
     let console = args.console;
-    let (config, run) = match &args.resume {
+    let (config, existing_run) = match &args.resume {
         Some(dir) => {
             let run = RunDir::open(dir.clone())?;
             let config = load_config(&ConfigSource {
                 path: run.config_path(),
                 overrides: args.source.overrides.clone(),
             })?;
-            (config, run)
+            (config, Some(run))
         }
-        None => {
-            let config = load_config(&args.source)?;
-            let run = RunDir::create(RunDir::choose(args.output.as_deref(), &args.source.path))?;
-            run.write_config(&config, &args.origin)?;
-            (config, run)
-        }
+        None => (load_config(&args.source)?, None),
     };
     let device = parse_device(&args.device)?;
     let train_device = device.clone().autodiff();
@@ -283,6 +285,15 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
         &device,
         &console,
     )?;
+    // Everything the run needs is there: only now does it get a directory.
+    let run = match existing_run {
+        Some(run) => run,
+        None => {
+            let run = RunDir::create(RunDir::choose(args.output.as_deref(), &args.source.path))?;
+            run.write_config(&config, &args.origin)?;
+            run
+        }
+    };
 
     let steps_per_epoch = loader.batches_per_epoch();
     let total_steps = steps_per_epoch * config.run.epochs;

@@ -1,0 +1,139 @@
+//! The command line's contract: the subcommands exist, and user mistakes give one clear error
+//! naming the problem, a non-zero exit code and no panic.
+
+mod common;
+
+use common::{assert_clean_failure, sce_train, stdout};
+
+#[test]
+fn help_lists_the_subcommands() {
+    let out = sce_train().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = stdout(&out);
+    for command in ["pretrain", "linear", "knn", "embed", "bench", "export"] {
+        assert!(help.contains(command), "--help lacks `{command}`:\n{help}");
+    }
+}
+
+#[test]
+fn unknown_config_key_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(common::root().join("configs/tiny.toml"))
+        .unwrap()
+        .replace("lambda = 0.5", "lambda = 0.5\nlamda = 0.3");
+    std::fs::write(&config, text).unwrap();
+    let out = sce_train()
+        .args(["pretrain", "--config"])
+        .arg(&config)
+        .arg("--output")
+        .arg(dir.path().join("run"))
+        .output()
+        .unwrap();
+    assert_clean_failure(
+        &out,
+        2,
+        &["bad.toml", "method.lamda", "unknown field", "lambda"],
+    );
+    assert!(
+        !dir.path().join("run").exists(),
+        "no run directory for an invalid config"
+    );
+}
+
+#[test]
+fn missing_config_file_is_named() {
+    let out = sce_train()
+        .args(["pretrain", "--config", "configs/does-not-exist.toml"])
+        .output()
+        .unwrap();
+    assert_clean_failure(
+        &out,
+        2,
+        &["configs/does-not-exist.toml", "cannot read config file"],
+    );
+}
+
+#[test]
+fn bad_override_values_are_named() {
+    // Out of range: validated after loading.
+    let out = sce_train()
+        .args([
+            "pretrain",
+            "--config",
+            "configs/tiny.toml",
+            "--set",
+            "method.lambda=1.5",
+        ])
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, 2, &["method.lambda", "1.5", "[0, 1]"]);
+    // Wrong type: rejected while deserialising, with the key and its origin.
+    let out = sce_train()
+        .args([
+            "pretrain",
+            "--config",
+            "configs/tiny.toml",
+            "--set",
+            "run.epochs=many",
+        ])
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, 2, &["run.epochs", "command line"]);
+    // Divisibility: the queue must take whole batches of keys.
+    let out = sce_train()
+        .args([
+            "pretrain",
+            "--config",
+            "configs/tiny.toml",
+            "--set",
+            "method.queue_size=1000",
+        ])
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, 2, &["method.queue_size", "multiple"]);
+    // Malformed override.
+    let out = sce_train()
+        .args([
+            "pretrain",
+            "--config",
+            "configs/tiny.toml",
+            "--set",
+            "noequals",
+        ])
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, 2, &["section.key=value"]);
+}
+
+#[test]
+fn devices_that_are_not_compiled_in_are_refused() {
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    let out = sce_train()
+        .args([
+            "pretrain",
+            "--config",
+            "configs/tiny.toml",
+            "--device",
+            "cuda:0",
+        ])
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, 2, &["cuda", "feature"]);
+}
+
+#[test]
+fn unknown_subcommand_arguments_are_usage_errors() {
+    let out = sce_train()
+        .args(["knn", "--no-such-flag"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = sce_train()
+        .args(["knn", "--checkpoint", "/nonexistent/run"])
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, 2, &["/nonexistent/run", "not a run directory"]);
+}

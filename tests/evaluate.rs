@@ -1,0 +1,173 @@
+//! kNN, linear evaluation, embeddings and export on a checkpoint of `configs/tiny.toml`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use common::{json_line, sce_train, stderr};
+
+/// One tiny run shared by the tests of this file (trained on first use).
+fn trained_run(data: &PathBuf) -> PathBuf {
+    static RUN: OnceLock<PathBuf> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let run = dir.join("run");
+        let out = sce_train()
+            .args([
+                "pretrain",
+                "--config",
+                "configs/tiny.toml",
+                "-q",
+                "--data-dir",
+            ])
+            .arg(data)
+            .arg("--output")
+            .arg(&run)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        run
+    })
+    .clone()
+}
+
+#[test]
+fn knn_beats_chance_and_reports_baselines() {
+    let Some(data) = common::data_dir("knn_beats_chance") else {
+        return;
+    };
+    let run = trained_run(&data);
+    let out = sce_train()
+        .args(["knn", "--k", "20", "--json", "--data-dir"])
+        .arg(&data)
+        .arg("--checkpoint")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json_line(&out);
+    // Ten balanced classes: chance is 10 %.
+    assert!(
+        report["trained"]["top1"].as_f64().unwrap() > 30.0,
+        "{report}"
+    );
+    assert!(report["untrained"]["top1"].as_f64().is_some());
+    assert!(report["raw_pixels"]["top1"].as_f64().unwrap() > 30.0);
+    assert_eq!(report["bank"], 1024);
+}
+
+#[test]
+fn linear_evaluation_writes_its_report() {
+    let Some(data) = common::data_dir("linear_evaluation_writes_its_report") else {
+        return;
+    };
+    let run = trained_run(&data);
+    let out = sce_train()
+        .args([
+            "linear",
+            "--epochs",
+            "3",
+            "--lr",
+            "0.5",
+            "--feature-bn",
+            "--limit-train",
+            "1024",
+            "--limit-test",
+            "500",
+            "--json",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg("--checkpoint")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("linear.json")).unwrap()).unwrap();
+    assert_eq!(report, json_line(&out));
+    // Chance is 10 %; three short epochs on a 16-step model clear it comfortably.
+    assert!(report["top1"].as_f64().unwrap() > 15.0, "{report}");
+    assert!(report["top5"].as_f64().unwrap() >= report["top1"].as_f64().unwrap());
+    let csv = std::fs::read_to_string(run.join("linear.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "header + one row per epoch");
+}
+
+#[test]
+fn embed_writes_embeddings_and_a_query_finds_itself() {
+    let Some(data) = common::data_dir("embed_writes_embeddings") else {
+        return;
+    };
+    let run = trained_run(&data);
+    let images = tempfile::tempdir().unwrap();
+    let mut count = 0;
+    for entry in std::fs::read_dir(data.join("samples")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name.starts_with("fashionMNIST_") {
+            std::fs::copy(&path, images.path().join(&name)).unwrap();
+            count += 1;
+        }
+    }
+    assert_eq!(count, 20);
+    let query = images.path().join("fashionMNIST_07_6.png");
+    let output = images.path().join("embeddings.safetensors");
+    let out = sce_train()
+        .args(["embed", "--top", "3", "--json", "--checkpoint"])
+        .arg(&run)
+        .arg("--input")
+        .arg(images.path())
+        .arg("--output")
+        .arg(&output)
+        .arg("--query")
+        .arg(&query)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json_line(&out);
+    assert_eq!(report["images"], 20);
+    let first = &report["neighbours"][0];
+    assert!(
+        first["name"]
+            .as_str()
+            .unwrap()
+            .ends_with("fashionMNIST_07_6.png"),
+        "{report}"
+    );
+    assert!(first["similarity"].as_f64().unwrap() > 0.999);
+
+    let bytes = std::fs::read(&output).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let embeddings = file.tensor("embeddings").unwrap();
+    assert_eq!(
+        embeddings.shape(),
+        &[20, 32],
+        "20 images × 8·width (4) features"
+    );
+    assert_eq!(file.tensor("labels").unwrap().shape(), &[20]);
+}
+
+#[test]
+fn export_writes_a_loadable_trunk() {
+    let Some(data) = common::data_dir("export_writes_a_loadable_trunk") else {
+        return;
+    };
+    let run = trained_run(&data);
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("trunk.safetensors");
+    let out = sce_train()
+        .args(["export", "--checkpoint"])
+        .arg(&run)
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let trunk = sce_model::ResNetConfig::new(sce_model::Depth::R18, sce_model::Stem::Cifar)
+        .with_in_channels(1)
+        .with_width(4)
+        .init(&burn::tensor::Device::default())
+        .unwrap();
+    sce_model::weights::load_safetensors(trunk, &output).unwrap();
+}

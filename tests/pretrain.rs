@@ -1,0 +1,228 @@
+//! Pretraining end to end on real data (`configs/tiny.toml`, 1,024 Fashion-MNIST images):
+//! the run directory, exact resumption after SIGKILL and after Ctrl-C, the non-finite-loss stop.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{assert_clean_failure, json_line, sce_train, stderr};
+
+fn tiny(data: &Path, output: &Path, extra: &[&str]) -> std::process::Command {
+    let mut cmd = sce_train();
+    cmd.args(["pretrain", "--config", "configs/tiny.toml", "--data-dir"])
+        .arg(data)
+        .arg("--output")
+        .arg(output)
+        .arg("--json")
+        .args(extra);
+    cmd
+}
+
+fn summary(run: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(run.join("summary.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Waits (at most a minute) until `path` exists while `child` runs.
+fn wait_for(path: &Path, child: &mut Child) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before {}",
+            path.display()
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn state_files(run: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("state-")
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn tiny_run_writes_its_run_directory() {
+    let Some(data) = common::data_dir("tiny_run_writes_its_run_directory") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = tiny(&data, &run, &[]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = json_line(&out);
+    for key in [
+        "epochs",
+        "final_loss",
+        "knn_top1",
+        "knn_top1_initial",
+        "images_per_s",
+        "seconds",
+    ] {
+        assert!(!line[key].is_null(), "summary lacks {key}: {line}");
+    }
+    assert_eq!(line, summary(&run), "stdout JSON equals summary.json");
+    assert_eq!(line["epochs"], 2);
+    assert!(line["final_loss"].as_f64().unwrap().is_finite());
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "header + one row per epoch:\n{csv}");
+    for file in ["config.toml", "training.png", "summary.json"] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    // The resolved config records the command line and reloads as is.
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("# ") && config.contains("limit_train = 1024"));
+    // Reusing the directory for a new run is refused.
+    let again = tiny(&data, &run, &[]).output().unwrap();
+    assert_clean_failure(&again, 2, &["already holds a run", "--resume"]);
+}
+
+#[test]
+fn sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run() {
+    let Some(data) = common::data_dir("sigkill_mid_epoch_then_resume") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let epochs = ["--epochs", "3"];
+    let full = dir.path().join("full");
+    let out = tiny(&data, &full, &epochs).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let killed = dir.path().join("killed");
+    let mut child = tiny(&data, &killed, &epochs)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Epoch 1 ends at step 8; kill as soon as its checkpoint is written, inside epoch 2.
+    wait_for(&killed.join("checkpoints/state-8.json"), &mut child);
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !killed.join("summary.json").exists(),
+        "the run was not killed before its end"
+    );
+
+    let resumed = sce_train()
+        .arg("pretrain")
+        .arg("--resume")
+        .arg(&killed)
+        .args(["--data-dir"])
+        .arg(&data)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(
+        stderr(&resumed).contains("resuming at epoch 2"),
+        "{}",
+        stderr(&resumed)
+    );
+    let (a, b) = (summary(&full), summary(&killed));
+    assert_eq!(a["final_loss"], b["final_loss"], "final loss after resume");
+    assert_eq!(a["knn_top1"], b["knn_top1"], "kNN after resume");
+    assert_eq!(a["knn_top1_initial"], b["knn_top1_initial"]);
+    assert_eq!(
+        std::fs::read_to_string(full.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        std::fs::read_to_string(killed.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .count()
+    );
+}
+
+#[test]
+fn ctrl_c_saves_mid_epoch_and_resume_is_exact() {
+    let Some(data) = common::data_dir("ctrl_c_saves_mid_epoch") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full");
+    let out = tiny(&data, &full, &[]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let stopped = dir.path().join("stopped");
+    let mut child = tiny(&data, &stopped, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&stopped.join("checkpoints/state-8.json"), &mut child);
+    std::thread::sleep(Duration::from_millis(300));
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("interrupted") && err.contains("--resume"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    // The stop was saved as its own checkpoint, between the epoch ends (steps 8 and 16).
+    let newest = state_files(&stopped).pop().unwrap();
+    let step: usize = newest.file_stem().unwrap().to_str().unwrap()["state-".len()..]
+        .parse()
+        .unwrap();
+    assert!(step > 8 && step < 16, "checkpoint at step {step}");
+
+    let resumed = sce_train()
+        .arg("pretrain")
+        .arg("--resume")
+        .arg(&stopped)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let (a, b) = (summary(&full), summary(&stopped));
+    assert_eq!(a["final_loss"], b["final_loss"]);
+    assert_eq!(a["knn_top1"], b["knn_top1"]);
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_names_the_step() {
+    let Some(data) = common::data_dir("a_non_finite_loss_stops_the_run") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = tiny(
+        &data,
+        &run,
+        &["--set", "optim.lr=1e30", "--set", "optim.warmup_epochs=0"],
+    )
+    .output()
+    .unwrap();
+    assert_clean_failure(&out, 1, &["loss became", "at step", "last good checkpoint"]);
+    assert!(!run.join("summary.json").exists());
+    assert!(
+        state_files(&run).is_empty(),
+        "no checkpoint of a diverged state"
+    );
+}
