@@ -226,3 +226,34 @@ fn a_non_finite_loss_stops_the_run_and_names_the_step() {
         "no checkpoint of a diverged state"
     );
 }
+
+/// Two CPU "devices" exercise the multi-device path: each step takes one batch per device
+/// (half the steps), the queue takes both devices' keys, and a queue that cannot hold whole
+/// steps of both is refused up front.
+#[test]
+fn two_devices_split_the_epoch() {
+    let Some(data) = common::data_dir("two_devices_split_the_epoch") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = tiny(&data, &run, &["--devices", "cpu,cpu"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = json_line(&out);
+    assert_eq!(
+        line["steps"], 8,
+        "1,024 images / (2 devices × 128) × 2 epochs"
+    );
+    assert!(line["final_loss"].as_f64().unwrap().is_finite());
+
+    let out = tiny(
+        &data,
+        &dir.path().join("bad"),
+        &["--devices", "cpu,cpu", "--set", "method.queue_size=1152"],
+    )
+    .output()
+    .unwrap();
+    assert_clean_failure(&out, 2, &["method.queue_size", "2 devices"]);
+}

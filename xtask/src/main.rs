@@ -136,11 +136,20 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
+    let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench") => bench(&args[1..]),
-        _ => bail!("usage: cargo xtask ci | cargo xtask bench [--full]"),
+        _ => Err(anyhow::anyhow!(
+            "usage: cargo xtask ci | cargo xtask bench [--full]"
+        )),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

@@ -86,7 +86,8 @@ pub struct LoaderConfig {
     pub skip_corrupt: bool,
 }
 
-/// Which epoch the next `iter()` produces and from which batch it starts (for resumes).
+/// Which epoch `iter()` produces and from which batch it starts (resumes); set before each
+/// pass, shared by all shards.
 #[derive(Debug, Default)]
 pub struct Cursor {
     epoch: AtomicU64,
@@ -113,11 +114,15 @@ struct Shared {
 }
 
 /// A Burn [`DataLoader`] of augmented multi-view batches.
+///
+/// A shard (for multi-device training) yields every `count`-th batch of the epoch starting at
+/// `index`, so N devices together see each batch once and the split does not depend on timing.
 #[derive(Clone)]
 pub struct ViewLoader {
     shared: Arc<Shared>,
     cursor: Arc<Cursor>,
     device: Device,
+    shard: (usize, usize),
 }
 
 fn pool(threads: Option<usize>) -> Result<Option<rayon::ThreadPool>, DataError> {
@@ -167,7 +172,18 @@ impl ViewLoader {
             }),
             cursor: Arc::new(Cursor::default()),
             device,
+            shard: (0, 1),
         })
+    }
+
+    /// Shard `index` of `count` on `device`, sharing this loader's data, pipeline and cursor.
+    pub fn shard(&self, index: usize, count: usize, device: &Device) -> Self {
+        assert!(index < count, "shard {index} of {count}");
+        Self {
+            shard: (index, count),
+            device: device.clone(),
+            ..self.clone()
+        }
     }
 
     /// Handle to choose the epoch (and first batch) of the next pass.
@@ -175,13 +191,15 @@ impl ViewLoader {
         self.cursor.clone()
     }
 
+    /// Batches this loader (or shard) yields per epoch; shards all get the same count.
     pub fn batches_per_epoch(&self) -> usize {
         let (n, b) = (self.shared.source.len(), self.shared.config.batch_size);
-        if self.shared.config.drop_last {
+        let all = if self.shared.config.drop_last {
             n / b
         } else {
             n.div_ceil(b)
-        }
+        };
+        all / self.shard.1
     }
 
     /// Images replaced because they could not be read (with `skip_corrupt`).
@@ -269,17 +287,19 @@ impl DataLoaderIterator<ViewBatch> for ViewIter {
 }
 
 impl DataLoader<ViewBatch> for ViewLoader {
-    /// Starts a producer thread for the cursor's epoch, `prefetch` batches ahead.
+    /// Starts a producer thread for the cursor's epoch and first batch, `prefetch` batches
+    /// ahead.
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<ViewBatch> + 'a> {
         let epoch = self.cursor.epoch();
-        let start = self.cursor.start_batch.swap(0, Ordering::SeqCst);
+        let start = self.cursor.start_batch.load(Ordering::SeqCst);
         let total = self.batches_per_epoch();
         let (sender, receiver) = sync_channel(self.shared.config.prefetch.max(1));
         let loader = self.clone();
+        let (index, count) = self.shard;
         std::thread::spawn(move || {
             for batch in start..total {
                 let item = loader
-                    .host_batch(epoch, batch)
+                    .host_batch(epoch, batch * count + index)
                     .map(|host| host.into_tensors(&loader.device));
                 let failed = item.is_err();
                 if sender.send(item).is_err() || failed {

@@ -1,9 +1,10 @@
 //! Finding a dataset on disk, fetching it when allowed.
 //!
-//! Order: `--data-dir` (the folder itself or its `<dataset>/` subfolder) > `$SCE_DATA_DIR/<dataset>`
-//! > the per-user cache (`~/.cache/sce-rs/<dataset>` on Linux) > for Fashion-MNIST the Debian
-//! package's `/usr/share/datasets/fashion-mnist`. If none holds the files and the dataset has a
-//! canonical address, it is downloaded into `--data-dir/<dataset>` or the cache.
+//! Search order: `--data-dir` (the folder itself or its `<dataset>/` subfolder), then
+//! `$SCE_DATA_DIR/<dataset>`, then the per-user cache (`~/.cache/sce-rs/<dataset>` on Linux),
+//! then for Fashion-MNIST the Debian package's `/usr/share/datasets/fashion-mnist`. If none
+//! holds the files and the dataset has a canonical address, it is downloaded into
+//! `--data-dir/<dataset>` or the cache.
 
 use std::path::PathBuf;
 

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use sce_data::{DatasetKind, ImageSource, OpenOptions, Split};
+use sce_data::{DatasetKind, OpenOptions, Split};
 
 fn idx_images(n: u32, side: u32) -> Vec<u8> {
     let mut bytes = vec![0, 0, 8, 3];

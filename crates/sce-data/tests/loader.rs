@@ -73,8 +73,21 @@ fn iterating_yields_whole_batches_and_resumes_mid_epoch() {
         let (x, y) = (a.views[1].to_data(), b.views[1].to_data());
         assert_eq!(x, y);
     }
-    // The cursor's start batch is consumed: the next pass is a whole epoch again.
+    loader.cursor().set(1, 0);
     assert_eq!(loader.iter().count(), 5);
+
+    // Two shards split the epoch's batches between them: even and odd batch indices.
+    let even = loader.shard(0, 2, &Device::default());
+    let odd = loader.shard(1, 2, &Device::default());
+    assert_eq!((even.batches_per_epoch(), odd.batches_per_epoch()), (2, 2));
+    let shards: Vec<Vec<usize>> = [&even, &odd]
+        .iter()
+        .flat_map(|s| s.iter().map(|b| b.unwrap().indices).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(shards[0], full[0].indices);
+    assert_eq!(shards[1], full[2].indices);
+    assert_eq!(shards[2], full[1].indices);
+    assert_eq!(shards[3], full[3].indices);
 }
 
 #[test]

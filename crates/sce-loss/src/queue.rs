@@ -93,7 +93,7 @@ impl KeyQueue {
                 "cannot enqueue keys of dimension {d} into a queue of dimension {dim}"
             )));
         }
-        if n == 0 || size % n != 0 {
+        if n == 0 || !size.is_multiple_of(n) {
             return Err(LossError::QueueNotMultiple {
                 queue_size: size,
                 enqueued: n,

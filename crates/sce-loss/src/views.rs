@@ -191,9 +191,9 @@ mod tests {
         let err = multi_view_loss(
             &loss,
             &ViewPairing::Asymmetric { views: 3 },
-            &[x.clone()],
-            &[x.clone()],
-            x,
+            std::slice::from_ref(&x),
+            std::slice::from_ref(&x),
+            x.clone(),
         )
         .unwrap_err();
         assert!(err.to_string().contains("needs 2 online"), "{err}");

@@ -125,7 +125,7 @@ impl MomentumPair {
         let n = x.dims()[0];
         let device = x.device();
         let (x, unshuffle) = if bn_splits > 1 {
-            if n % bn_splits != 0 {
+            if !n.is_multiple_of(bn_splits) {
                 return Err(ModelError::BatchNotDivisible {
                     batch: n,
                     splits: bn_splits,

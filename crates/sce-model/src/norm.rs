@@ -23,7 +23,7 @@ pub fn split_batch_norm(
         return Ok(bn.forward(x));
     }
     let [n, c, h, w] = x.dims();
-    if n % splits != 0 {
+    if !n.is_multiple_of(splits) {
         return Err(ModelError::BatchNotDivisible { batch: n, splits });
     }
     let grouped = x.reshape([n / splits, splits * c, h, w]);

@@ -286,7 +286,7 @@ impl StepBench {
             "method.queue_size".into(),
             (base.div_ceil(keys) * keys).to_string(),
         ));
-        if self.batch % 8 != 0 {
+        if !self.batch.is_multiple_of(8) {
             overrides.push(("model.bn_splits".into(), "1".into()));
         }
         load_config(&ConfigSource {

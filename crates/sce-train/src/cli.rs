@@ -95,6 +95,10 @@ pub struct PretrainCmd {
     /// Use only the first N training images (data.limit_train).
     #[arg(long, value_name = "N")]
     pub limit_train: Option<usize>,
+    /// Data-parallel training on several devices, e.g. `cuda:0,cuda:1`: each runs the step on
+    /// its own batch of `run.batch_size`; gradients are averaged on the first.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub devices: Vec<String>,
 }
 
 impl PretrainCmd {
@@ -135,6 +139,7 @@ impl PretrainCmd {
             output: self.output.clone(),
             resume: self.resume.clone(),
             device: self.common.device.clone(),
+            devices: self.devices.clone(),
             data_dir: self.common.data_dir.clone(),
             console: self.common.console(),
             origin: std::env::args().collect::<Vec<_>>().join(" "),

@@ -44,11 +44,13 @@ pub struct StepContext {
     pub momentum: MomentumSchedule,
     pub total_steps: usize,
     pub seed: u64,
+    /// Training devices; with more than one, each computes the step on its own batch.
+    pub devices: Vec<Device>,
     /// Optimizer steps completed (the global step).
     step: AtomicUsize,
-    /// Keys of the current step, enqueued once the optimizer step is done. Clones of the model
-    /// (one per device in multi-device training) share this list.
-    pending: Mutex<Vec<Tensor<2>>>,
+    /// Keys of the current step with their device's position, enqueued once the optimizer step
+    /// is done. Clones of the model (one per device) share this list.
+    pending: Mutex<Vec<(usize, Tensor<2>)>>,
 }
 
 impl StepContext {
@@ -67,9 +69,22 @@ impl StepContext {
             momentum,
             total_steps,
             seed,
+            devices: Vec::new(),
             step: AtomicUsize::new(0),
             pending: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Trains on several devices (gradients summed on the first; each loss is scaled by 1/N so
+    /// the sum is the mean over devices, as data-parallel training averages).
+    pub fn with_devices(mut self, devices: Vec<Device>) -> Self {
+        self.devices = devices;
+        self
+    }
+
+    /// Position of `device` among the training devices (0 on a single device).
+    fn device_position(&self, device: &Device) -> usize {
+        self.devices.iter().position(|d| d == device).unwrap_or(0)
     }
 
     pub fn step(&self) -> usize {
@@ -198,12 +213,14 @@ impl SceModel {
         )
     }
 
-    /// Enqueues the keys set aside by this step's forward passes (from every device), then
-    /// moves the target towards the online branch and counts the step.
+    /// Enqueues the keys set aside by this step's forward passes (from every device, in device
+    /// order, moved to the queue's device: Burn has no all-gather), then moves the target
+    /// towards the online branch and counts the step.
     fn after_optimizer_step(self) -> Self {
-        let pending: Vec<Tensor<2>> = std::mem::take(&mut *self.ctx.pending.lock().unwrap());
+        let mut pending = std::mem::take(&mut *self.ctx.pending.lock().unwrap());
+        pending.sort_by_key(|(position, _)| *position);
         let mut queue = self.queue;
-        for keys in pending {
+        for (_, keys) in pending {
             queue = queue
                 .enqueue(keys)
                 .expect("queue size is a multiple of the keys per step (checked at start-up)");
@@ -224,8 +241,10 @@ impl TrainStep for SceModel {
 
     fn step(&self, batch: ViewBatch) -> TrainOutput<SceOutput> {
         let (output, keys) = self.forward_loss(&batch);
-        self.ctx.pending.lock().unwrap().push(keys);
-        let grads = output.loss.backward();
+        let position = self.ctx.device_position(&keys.device());
+        self.ctx.pending.lock().unwrap().push((position, keys));
+        let scale = 1.0 / self.ctx.devices.len().max(1) as f64;
+        let grads = (output.loss.clone() * scale).backward();
         TrainOutput::new(self, grads, output)
     }
 

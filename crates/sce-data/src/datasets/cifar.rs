@@ -79,7 +79,7 @@ impl Cifar {
         for file in self.files(train) {
             let path = base.join(&file);
             let bytes = std::fs::read(&path).map_err(DataError::io(&path))?;
-            if bytes.is_empty() || bytes.len() % record != 0 {
+            if bytes.is_empty() || !bytes.len().is_multiple_of(record) {
                 return Err(DataError::corrupt(
                     &path,
                     format!(

@@ -36,7 +36,7 @@ pub(crate) fn load_part(root: &Path, part: &str) -> Result<InMemoryImages, DataE
     let base = base(root);
     let x_path = base.join(format!("{part}_X.bin"));
     let bytes = std::fs::read(&x_path).map_err(DataError::io(&x_path))?;
-    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
         return Err(DataError::corrupt(
             &x_path,
             format!(

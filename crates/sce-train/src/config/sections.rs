@@ -226,6 +226,11 @@ impl Default for EvalSection {
     }
 }
 
+/// A finite number above zero (false for NaN).
+fn positive(v: f64) -> bool {
+    v.is_finite() && v > 0.0
+}
+
 fn one() -> usize {
     1
 }
@@ -350,7 +355,7 @@ impl TrainConfig {
                 format!("must equal the projector output {}", m.projector.output),
             );
         }
-        if m.bn_splits == 0 || r.batch_size % m.bn_splits != 0 {
+        if m.bn_splits == 0 || !r.batch_size.is_multiple_of(m.bn_splits) {
             return bad(
                 "model.bn_splits",
                 format!(
@@ -361,7 +366,7 @@ impl TrainConfig {
         }
         let me = &self.method;
         for (key, value) in [("method.tau", me.tau), ("method.tau_m", me.tau_m)] {
-            if !(value.is_finite() && value > 0.0) {
+            if !positive(value) {
                 return bad(key, format!("{value} must be a finite number > 0"));
             }
         }
@@ -375,7 +380,7 @@ impl TrainConfig {
             return bad("method.pairing", e.to_string());
         }
         let keys = self.keys_per_step();
-        if me.queue_size == 0 || me.queue_size % keys != 0 {
+        if me.queue_size == 0 || !me.queue_size.is_multiple_of(keys) {
             return bad(
                 "method.queue_size",
                 format!(
@@ -386,7 +391,7 @@ impl TrainConfig {
             );
         }
         let o = &self.optim;
-        if !(o.lr.is_finite() && o.lr > 0.0) {
+        if !positive(o.lr) {
             return bad("optim.lr", format!("{} must be > 0", o.lr));
         }
         if !(0.0..1.0).contains(&o.momentum) {
@@ -395,7 +400,7 @@ impl TrainConfig {
                 format!("{} must be in [0, 1)", o.momentum),
             );
         }
-        if !(o.weight_decay >= 0.0) {
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
             return bad(
                 "optim.weight_decay",
                 format!("{} must be >= 0", o.weight_decay),
@@ -410,14 +415,14 @@ impl TrainConfig {
                 ),
             );
         }
-        if !(o.trust_coefficient > 0.0) {
+        if !positive(o.trust_coefficient) {
             return bad("optim.trust_coefficient", "must be > 0".into());
         }
         let e = &self.eval;
         if e.knn_k == 0 {
             return bad("eval.knn_k", "must be >= 1".into());
         }
-        if !(e.knn_temperature > 0.0) {
+        if !positive(e.knn_temperature) {
             return bad("eval.knn_temperature", "must be > 0".into());
         }
         if e.batch_size == 0 {

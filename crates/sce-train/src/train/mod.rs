@@ -44,6 +44,8 @@ pub struct PretrainArgs {
     pub output: Option<PathBuf>,
     pub resume: Option<PathBuf>,
     pub device: String,
+    /// Several devices for data-parallel training (overrides `device`).
+    pub devices: Vec<String>,
     pub data_dir: Option<PathBuf>,
     pub console: Console,
     /// The command line, recorded in the run's config.
@@ -252,8 +254,26 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
         }
         None => (load_config(&args.source)?, None),
     };
-    let device = parse_device(&args.device)?;
+    let devices = if args.devices.is_empty() {
+        vec![parse_device(&args.device)?]
+    } else {
+        args.devices
+            .iter()
+            .map(|d| parse_device(d))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let keys_per_step = config.keys_per_step() * devices.len();
+    if !config.method.queue_size.is_multiple_of(keys_per_step) {
+        return Err(usage(format!(
+            "`method.queue_size` = {} must be a multiple of the {keys_per_step} keys all {} \
+             devices enqueue per step",
+            config.method.queue_size,
+            devices.len()
+        )));
+    }
+    let device = devices[0].clone();
     let train_device = device.clone().autodiff();
+    let train_devices: Vec<_> = devices.iter().map(|d| d.clone().autodiff()).collect();
     device.seed(config.run.seed);
 
     let data = DataAccess::locate(&config, args.data_dir.clone(), &console)?;
@@ -295,7 +315,13 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
         }
     };
 
-    let steps_per_epoch = loader.batches_per_epoch();
+    let steps_per_epoch = loader.batches_per_epoch() / devices.len();
+    anyhow::ensure!(
+        steps_per_epoch > 0,
+        "{} training images make fewer batches of {} than there are devices",
+        train_source.len(),
+        config.run.batch_size
+    );
     let total_steps = steps_per_epoch * config.run.epochs;
     let ctx = StepContext::new(
         objective(&config)?,
@@ -304,7 +330,8 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
         config.method.momentum,
         total_steps,
         config.run.seed,
-    );
+    )
+    .with_devices(train_devices.clone());
     let model = SceModel::new(
         &pair_config(&config, channels),
         config.method.queue_size,
@@ -349,7 +376,7 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
     let checkpoints = run.checkpoints();
     let existing = complete_steps(&checkpoints);
     let strategy = Arc::new(SceStrategy {
-        device: train_device.clone(),
+        devices: train_devices,
         loader: loader.clone(),
         evaluator,
         run: run.clone(),

@@ -11,9 +11,13 @@ use std::time::Instant;
 
 use anyhow::{Context, anyhow};
 use burn::data::dataloader::DataLoader;
+use burn::data::dataloader::Progress;
 use burn::module::Module;
+use burn::optim::GradientsAccumulator;
+use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::tensor::Device;
 use burn::train::metric::store::EventStoreClient;
+use burn::train::train::MultiDevicesTrainStep;
 use burn::train::{
     EventProcessorTraining, Interrupter, Learner, LearnerEvent, LearningCheckpointer,
     SupervisedLearningStrategy, SupervisedTrainingEventProcessor, TrainLoader, TrainingComponents,
@@ -28,7 +32,8 @@ use super::plot::plot_history;
 use super::run_dir::RunDir;
 use super::state::{EpochRow, TrainState};
 use crate::eval::KnnEvaluator;
-use crate::model::SceModel;
+use crate::model::{SceModel, SceOutput};
+use indicatif::ProgressBar;
 
 /// How a training session ended (errors aside).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +43,8 @@ pub enum Ending {
 }
 
 pub struct SceStrategy {
-    pub device: Device,
+    /// Training devices (autodiff); the first holds the Learner's model and the queue.
+    pub devices: Vec<Device>,
     pub loader: ViewLoader,
     pub evaluator: Option<KnnEvaluator>,
     pub run: RunDir,
@@ -126,53 +132,17 @@ impl SceStrategy {
                 format!("epoch {}/{}", epoch + 1, self.epochs),
             );
             bar.set_position(state.batch_in_epoch as u64);
-            let mut batches = self.loader.iter();
-            let mut tick = Instant::now();
-            while let Some(item) = batches.next() {
-                let batch = item.map_err(|e| anyhow!("reading training data: {e}"))?;
-                let progress = batches.progress();
-                let output = learner.train_step(batch);
-                let loss = output.item.loss.clone().into_scalar::<f32>() as f64;
-                if !loss.is_finite() {
-                    bar.finish_and_clear();
-                    return Err(anyhow!(
-                        "the loss became {loss} at step {} (epoch {}, batch {}); training stopped \
-                         without saving this state — the last good checkpoint in {} is kept. \
-                         Lower optim.lr or check the data",
-                        state.global_step,
-                        epoch + 1,
-                        state.batch_in_epoch,
-                        self.run.checkpoints().display()
-                    ));
-                }
-                let similarity =
-                    output.item.positive_similarity.clone().into_scalar::<f32>() as f64;
-                learner.lr_step();
-                learner.optimizer_step(output.grads);
-                let now = Instant::now();
-                let seconds = (now - tick).as_secs_f64();
-                tick = now;
-                state.batch_in_epoch += 1;
-                state.global_step += 1;
-                state.epoch_loss_sum += loss;
-                state.epoch_similarity_sum += similarity;
-                state.epoch_batches += 1;
-                state.epoch_seconds += seconds;
-                state.train_seconds += seconds;
-                state.train_images += self.batch_size;
-                let item = TrainingItem::new(
-                    output.item,
-                    progress,
-                    Some(state.batch_in_epoch),
-                    Some(learner.lr_current()),
-                );
-                interrupter
-                    .fail_on_error(processor.process_train(LearnerEvent::ProcessedItem(item)));
-                bar.inc(1);
-                bar.set_message(format!("loss {loss:.4}"));
-                if interrupter.should_stop() {
-                    break;
-                }
+            let epoch_run = EpochRun {
+                state: &mut *state,
+                processor: &mut *processor,
+                interrupter,
+                bar: &bar,
+                epoch,
+            };
+            if self.devices.len() > 1 {
+                self.train_epoch_multi(learner, epoch_run)?;
+            } else {
+                self.train_epoch(learner, epoch_run)?;
             }
             bar.finish_and_clear();
             if let Some(error) = interrupter.error() {
@@ -186,7 +156,7 @@ impl SceStrategy {
             interrupter.fail_on_error(processor.process_train(LearnerEvent::EndSplit(epoch + 1)));
 
             let last = epoch + 1 == self.epochs;
-            let knn = if last || (epoch + 1) % self.knn_every == 0 {
+            let knn = if last || (epoch + 1).is_multiple_of(self.knn_every) {
                 self.knn(learner)?
             } else {
                 None
@@ -199,7 +169,7 @@ impl SceStrategy {
                 lr: learner.lr_current().base(),
                 positive_similarity: state.epoch_similarity_sum / batches,
                 knn_top1: knn,
-                images_per_s: state.epoch_batches as f64 * self.batch_size as f64
+                images_per_s: (state.epoch_batches * self.batch_size * self.devices.len()) as f64
                     / state.epoch_seconds.max(1e-9),
                 seconds: state.epoch_seconds,
             };
@@ -231,11 +201,146 @@ impl SceStrategy {
                 self.console.line(format!("warning: no plot: {e:#}"));
             }
             state.wall_seconds = wall_before + session.elapsed().as_secs_f64();
-            if last || (epoch + 1) % self.checkpoint_every == 0 {
+            if last || (epoch + 1).is_multiple_of(self.checkpoint_every) {
                 self.save(learner, state, checkpointer.as_mut(), store)?;
             }
         }
         Ok(Ending::Finished)
+    }
+}
+
+/// What one epoch's loop updates.
+struct EpochRun<'a> {
+    state: &'a mut TrainState,
+    processor: &'a mut Processor,
+    interrupter: &'a Interrupter,
+    bar: &'a ProgressBar,
+    epoch: usize,
+}
+
+impl EpochRun<'_> {
+    /// Bookkeeping after an optimizer step that consumed `images` source images.
+    fn record(&mut self, loss: f64, similarity: f64, images: usize, seconds: f64) {
+        let state = &mut *self.state;
+        state.batch_in_epoch += 1;
+        state.global_step += 1;
+        state.epoch_loss_sum += loss;
+        state.epoch_similarity_sum += similarity;
+        state.epoch_batches += 1;
+        state.epoch_seconds += seconds;
+        state.train_seconds += seconds;
+        state.train_images += images;
+        self.bar.inc(1);
+        self.bar.set_message(format!("loss {loss:.4}"));
+    }
+
+    fn check_finite(&self, loss: f64, checkpoints: &std::path::Path) -> anyhow::Result<()> {
+        if loss.is_finite() {
+            return Ok(());
+        }
+        self.bar.finish_and_clear();
+        Err(anyhow!(
+            "the loss became {loss} at step {} (epoch {}, batch {}); training stopped without \
+             saving this state — the last good checkpoint in {} is kept. Lower optim.lr or check \
+             the data",
+            self.state.global_step,
+            self.epoch + 1,
+            self.state.batch_in_epoch,
+            checkpoints.display()
+        ))
+    }
+
+    fn process(&mut self, item: SceOutput, progress: Progress, lr: ModuleLearningRate) {
+        let item = TrainingItem::new(item, progress, Some(self.state.batch_in_epoch), Some(lr));
+        self.interrupter.fail_on_error(
+            self.processor
+                .process_train(LearnerEvent::ProcessedItem(item)),
+        );
+    }
+}
+
+fn scalar(t: &burn::tensor::Tensor<1>) -> f64 {
+    t.clone().into_scalar::<f32>() as f64
+}
+
+impl SceStrategy {
+    /// One epoch on one device: a step per batch.
+    fn train_epoch(
+        &self,
+        learner: &mut Learner<SceModel>,
+        mut run: EpochRun,
+    ) -> anyhow::Result<()> {
+        let mut batches = self.loader.iter();
+        let mut tick = Instant::now();
+        while let Some(item) = batches.next() {
+            let batch = item.map_err(|e| anyhow!("reading training data: {e}"))?;
+            let progress = batches.progress();
+            let output = learner.train_step(batch);
+            let loss = scalar(&output.item.loss);
+            run.check_finite(loss, &self.run.checkpoints())?;
+            let similarity = scalar(&output.item.positive_similarity);
+            learner.lr_step();
+            learner.optimizer_step(output.grads);
+            let seconds = tick.elapsed().as_secs_f64();
+            tick = Instant::now();
+            run.record(loss, similarity, self.batch_size, seconds);
+            run.process(output.item, progress, learner.lr_current());
+            if run.interrupter.should_stop() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One epoch on several devices with Burn's `MultiDevicesTrainStep`: each device runs the
+    /// step on its shard's batch with its own copy of the model (its own batch statistics:
+    /// Burn has no SyncBatchNorm); gradients are summed on the first device, where one
+    /// optimizer step, the enqueue of every device's keys and the EMA happen.
+    fn train_epoch_multi(
+        &self,
+        learner: &mut Learner<SceModel>,
+        mut run: EpochRun,
+    ) -> anyhow::Result<()> {
+        let n = self.devices.len();
+        let main = &self.devices[0];
+        let shards: Vec<ViewLoader> = (0..n)
+            .map(|d| self.loader.shard(d, n, &self.devices[d]))
+            .collect();
+        let mut iterators: Vec<_> = shards.iter().map(|s| s.iter()).collect();
+        let workers = MultiDevicesTrainStep::<SceModel>::new(&self.devices);
+        let mut tick = Instant::now();
+        loop {
+            let model = learner.model();
+            let (outputs, progress) = workers
+                .step(iterators.as_mut_slice(), &model)
+                .map_err(|e| anyhow!("multi-device step: {e}"))?;
+            if outputs.is_empty() {
+                break;
+            }
+            let count = outputs.len() as f64;
+            let mut accumulator = GradientsAccumulator::new();
+            let (mut loss, mut similarity) = (0.0, 0.0);
+            let mut items = Vec::with_capacity(outputs.len());
+            for out in outputs {
+                loss += scalar(&out.output.item.loss) / count;
+                similarity += scalar(&out.output.item.positive_similarity) / count;
+                accumulator.accumulate(&model, out.output.grads.to_device(main, &model));
+                items.push(out.output.item);
+            }
+            run.check_finite(loss, &self.run.checkpoints())?;
+            learner.lr_step();
+            learner.optimizer_step(accumulator.grads());
+            let seconds = tick.elapsed().as_secs_f64();
+            tick = Instant::now();
+            run.record(loss, similarity, self.batch_size * n, seconds);
+            for item in items {
+                run.process(item, progress.clone(), learner.lr_current());
+            }
+            if run.interrupter.should_stop() {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -255,7 +360,7 @@ impl SupervisedLearningStrategy<SceModel> for SceStrategy {
             event_store,
             ..
         } = components;
-        learner.fork(&self.device);
+        learner.fork(&self.devices[0]);
         let mut state = self.state.lock().unwrap().clone();
         let outcome = self.run_epochs(
             &mut learner,
