@@ -54,55 +54,28 @@ fn missing_config_file_is_named() {
     );
 }
 
+/// `pretrain` on the tiny config with extra arguments.
+fn tiny(extra: &[&str]) -> std::process::Output {
+    sce_train()
+        .args(["pretrain", "--config", "configs/tiny.toml"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn bad_override_values_are_named() {
     // Out of range: validated after loading.
-    let out = sce_train()
-        .args([
-            "pretrain",
-            "--config",
-            "configs/tiny.toml",
-            "--set",
-            "method.lambda=1.5",
-        ])
-        .output()
-        .unwrap();
+    let out = tiny(&["--set", "method.lambda=1.5"]);
     assert_clean_failure(&out, 2, &["method.lambda", "1.5", "[0, 1]"]);
     // Wrong type: rejected while deserialising, with the key and its origin.
-    let out = sce_train()
-        .args([
-            "pretrain",
-            "--config",
-            "configs/tiny.toml",
-            "--set",
-            "run.epochs=many",
-        ])
-        .output()
-        .unwrap();
+    let out = tiny(&["--set", "run.epochs=many"]);
     assert_clean_failure(&out, 2, &["run.epochs", "command line"]);
     // Divisibility: the queue must take whole batches of keys.
-    let out = sce_train()
-        .args([
-            "pretrain",
-            "--config",
-            "configs/tiny.toml",
-            "--set",
-            "method.queue_size=1000",
-        ])
-        .output()
-        .unwrap();
+    let out = tiny(&["--set", "method.queue_size=1000"]);
     assert_clean_failure(&out, 2, &["method.queue_size", "multiple"]);
     // Malformed override.
-    let out = sce_train()
-        .args([
-            "pretrain",
-            "--config",
-            "configs/tiny.toml",
-            "--set",
-            "noequals",
-        ])
-        .output()
-        .unwrap();
+    let out = tiny(&["--set", "noequals"]);
     assert_clean_failure(&out, 2, &["section.key=value"]);
 }
 
@@ -111,16 +84,7 @@ fn devices_that_are_not_compiled_in_are_refused() {
     if cfg!(feature = "cuda") {
         return;
     }
-    let out = sce_train()
-        .args([
-            "pretrain",
-            "--config",
-            "configs/tiny.toml",
-            "--device",
-            "cuda:0",
-        ])
-        .output()
-        .unwrap();
+    let out = tiny(&["--device", "cuda:0"]);
     assert_clean_failure(&out, 2, &["cuda", "feature"]);
 }
 

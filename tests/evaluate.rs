@@ -7,6 +7,18 @@ use std::sync::OnceLock;
 
 use common::{json_line, sce_train, stderr};
 
+/// `sce-train <args> --checkpoint RUN` on the shared run; asserts success.
+fn on_run(run: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let out = sce_train()
+        .args(args)
+        .arg("--checkpoint")
+        .arg(run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    out
+}
+
 /// One tiny run shared by the tests of this file (trained on first use).
 fn trained_run(data: &PathBuf) -> PathBuf {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
@@ -38,14 +50,8 @@ fn knn_beats_chance_and_reports_baselines() {
         return;
     };
     let run = trained_run(&data);
-    let out = sce_train()
-        .args(["knn", "--k", "20", "--json", "--data-dir"])
-        .arg(&data)
-        .arg("--checkpoint")
-        .arg(&run)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let data = data.to_str().unwrap();
+    let out = on_run(&run, &["knn", "--k", "20", "--json", "--data-dir", data]);
     let report = json_line(&out);
     // Ten balanced classes: chance is 10 %.
     assert!(
@@ -63,27 +69,23 @@ fn linear_evaluation_writes_its_report() {
         return;
     };
     let run = trained_run(&data);
-    let out = sce_train()
-        .args([
-            "linear",
-            "--epochs",
-            "3",
-            "--lr",
-            "0.5",
-            "--feature-bn",
-            "--limit-train",
-            "1024",
-            "--limit-test",
-            "500",
-            "--json",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .arg("--checkpoint")
-        .arg(&run)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let data = data.to_str().unwrap();
+    let linear = [
+        "linear",
+        "--epochs",
+        "3",
+        "--lr",
+        "0.5",
+        "--feature-bn",
+        "--limit-train",
+        "1024",
+        "--limit-test",
+        "500",
+        "--json",
+        "--data-dir",
+        data,
+    ];
+    let out = on_run(&run, &linear);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("linear.json")).unwrap()).unwrap();
     assert_eq!(report, json_line(&out));
@@ -113,18 +115,21 @@ fn embed_writes_embeddings_and_a_query_finds_itself() {
     assert_eq!(count, 20);
     let query = images.path().join("fashionMNIST_07_6.png");
     let output = images.path().join("embeddings.safetensors");
-    let out = sce_train()
-        .args(["embed", "--top", "3", "--json", "--checkpoint"])
-        .arg(&run)
-        .arg("--input")
-        .arg(images.path())
-        .arg("--output")
-        .arg(&output)
-        .arg("--query")
-        .arg(&query)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = on_run(
+        &run,
+        &[
+            "embed",
+            "--top",
+            "3",
+            "--json",
+            "--input",
+            images.path().to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--query",
+            query.to_str().unwrap(),
+        ],
+    );
     let report = json_line(&out);
     assert_eq!(report["images"], 20);
     let first = &report["neighbours"][0];
@@ -156,14 +161,7 @@ fn export_writes_a_loadable_trunk() {
     let run = trained_run(&data);
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("trunk.safetensors");
-    let out = sce_train()
-        .args(["export", "--checkpoint"])
-        .arg(&run)
-        .arg("--output")
-        .arg(&output)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    on_run(&run, &["export", "--output", output.to_str().unwrap()]);
     let trunk = sce_model::ResNetConfig::new(sce_model::Depth::R18, sce_model::Stem::Cifar)
         .with_in_channels(1)
         .with_width(4)

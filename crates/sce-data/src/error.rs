@@ -43,6 +43,11 @@ impl DataError {
         }
     }
 
+    /// An index outside a dataset of `len` images called `name`.
+    pub(crate) fn out_of_range(index: usize, len: usize, name: &str) -> DataError {
+        DataError::Config(format!("index {index} is past the {len} images of {name}"))
+    }
+
     pub(crate) fn corrupt(path: &Path, detail: impl Into<String>) -> DataError {
         DataError::Corrupt {
             path: path.to_path_buf(),

@@ -179,6 +179,26 @@ mod tests {
         assert_close(l_zero, 90.5, 1e-5);
     }
 
+    /// Half-precision embeddings (a network run in f16) still get an f32 loss: the inputs are
+    /// cast up before the similarity matmuls and the (log-)softmax.
+    #[test]
+    fn half_precision_inputs_give_an_f32_loss() {
+        use burn::tensor::{DType, FloatDType};
+        let device = device();
+        let q = random_unit_rows(6, 8, 81, &device);
+        let k = random_unit_rows(6, 8, 82, &device);
+        let queue = random_unit_rows(32, 8, 83, &device);
+        let loss = SceLoss::new(0.1, 0.05, 0.5).unwrap();
+        let half = |t: Tensor<2>| t.cast(FloatDType::F16);
+        let out = loss
+            .forward(half(q.clone()), half(k.clone()), half(queue.clone()))
+            .unwrap();
+        assert_eq!(out.dtype(), DType::F32);
+        // f16 rounding of the unit inputs (~5e-4 relative) moves the loss by about as much.
+        let reference = scalar(loss.forward(q, k, queue).unwrap());
+        assert_close(scalar(out), reference, 5e-3);
+    }
+
     #[test]
     fn loss_is_linear_in_lambda() {
         let device = device();

@@ -31,6 +31,8 @@ pub enum BenchCmd {
     Augment(AugmentBench),
     /// Training-step throughput on synthetic input.
     Step(StepBench),
+    /// Forward + backward of the trunk alone (no heads, loss, queue or optimizer).
+    Trunk(StepBench),
 }
 
 impl BenchCmd {
@@ -38,6 +40,7 @@ impl BenchCmd {
         match self {
             BenchCmd::Augment(b) => b.run(),
             BenchCmd::Step(b) => b.run(),
+            BenchCmd::Trunk(b) => b.run_trunk(),
         }
     }
 }
@@ -249,7 +252,7 @@ pub struct StepBench {
     pub model: ModelName,
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
-    /// Timed steps (after one warm-up step).
+    /// Timed steps or passes (after one warm-up).
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
 }
@@ -363,6 +366,52 @@ impl StepBench {
         ));
         if self.common.json {
             println!("{}", serde_json::to_string(&report)?);
+        }
+        Ok(())
+    }
+}
+
+impl StepBench {
+    /// `bench trunk`: the model's trunk alone, forward + backward of the summed features.
+    pub fn run_trunk(&self) -> anyhow::Result<()> {
+        let config = self.config()?;
+        let device = parse_device(&self.common.device)?;
+        let ad = device.clone().autodiff();
+        device.seed(0);
+        let trunk = crate::train::pair_config(&config, 3).trunk.init(&ad)?;
+        let size = config.augment.size;
+        let x = Tensor::<4>::random(
+            [self.batch, 3, size, size],
+            Distribution::Normal(0.0, 1.0),
+            &ad,
+        );
+        let pass = || {
+            let _grads = trunk.forward(x.clone()).sum().backward();
+            device.sync()
+        };
+        pass().map_err(|e| anyhow!("device error: {e:?}"))?;
+        let start = Instant::now();
+        for _ in 0..self.steps {
+            pass().map_err(|e| anyhow!("device error: {e:?}"))?;
+        }
+        let seconds = start.elapsed().as_secs_f64() / self.steps as f64;
+        let report = serde_json::json!({
+            "bench": "trunk",
+            "model": self.model,
+            "batch": self.batch,
+            "steps": self.steps,
+            "seconds_per_forward_backward": seconds,
+            "images_per_s": self.batch as f64 / seconds,
+            "device": format!("{device:?}"),
+        });
+        self.common.console().line(format!(
+            "{:?} forward+backward at batch {}: {seconds:.3} s ({:.1} img/s)",
+            self.model,
+            self.batch,
+            self.batch as f64 / seconds
+        ));
+        if self.common.json {
+            println!("{report}");
         }
         Ok(())
     }

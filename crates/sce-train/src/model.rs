@@ -276,3 +276,125 @@ impl InferenceStep for SceModel {
         self.forward_loss(&batch).0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::optim::SgdConfig;
+    use burn::tensor::Distribution;
+    use sce_model::params::named_tensors;
+    use sce_model::{Depth, MlpConfig, ResNetConfig, Stem};
+
+    fn tiny_model(momentum: f64, device: &Device) -> SceModel {
+        let trunk = ResNetConfig::new(Depth::R18, Stem::Cifar)
+            .with_in_channels(1)
+            .with_width(2);
+        let config = MomentumPairConfig {
+            projector: MlpConfig {
+                dims: vec![trunk.feature_dim(), 8, 4],
+                last_norm: false,
+                last_bias: true,
+            },
+            predictor: None,
+            trunk,
+        };
+        let ctx = StepContext::new(
+            Objective::Sce(SceLoss::new(0.1, 0.05, 0.5).unwrap()),
+            ViewPairing::Asymmetric { views: 2 },
+            2,
+            MomentumSchedule::Constant { value: momentum },
+            10,
+            7,
+        );
+        SceModel::new(&config, 16, ctx, device).unwrap()
+    }
+
+    fn batch(device: &Device) -> ViewBatch {
+        ViewBatch {
+            views: (0..2)
+                .map(|_| Tensor::<4>::random([4, 1, 8, 8], Distribution::Normal(0.0, 1.0), device))
+                .collect(),
+            labels: vec![None; 4],
+            indices: (0..4).collect(),
+        }
+    }
+
+    fn flat(t: Tensor<2>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_to_vec().unwrap()
+    }
+
+    fn params(branch: &sce_model::Branch) -> Vec<(String, Vec<f32>)> {
+        named_tensors(branch)
+            .into_iter()
+            .filter(|(p, _)| !sce_model::params::is_buffer(p))
+            .map(|(p, t)| (p, t.into_data().convert::<f32>().try_to_vec().unwrap()))
+            .collect()
+    }
+
+    /// The loss of a step is computed against the queue as it was before the step; the step's
+    /// keys enter the queue only in `optimize`, after the optimizer step, at the pointer.
+    #[test]
+    fn the_queue_receives_the_keys_after_the_loss() {
+        let ad = Device::default().autodiff();
+        let model = tiny_model(0.9, &ad);
+        let queue_before = flat(model.queue.keys());
+        let b = batch(&ad);
+        let output = TrainStep::step(&model, b.clone());
+        assert_eq!(
+            flat(model.queue.keys()),
+            queue_before,
+            "step() leaves the queue alone"
+        );
+        // The same loss recomputed on a copy holding the pre-step queue.
+        let (expected, keys) = model.forward_loss(&b);
+        let loss = |t: &Tensor<1>| t.clone().into_scalar::<f32>();
+        assert_eq!(loss(&output.item.loss), loss(&expected.loss));
+        let mut optim = SgdConfig::new().init();
+        let model = model.optimize(&mut optim, 0.1.into(), output.grads);
+        let after = flat(model.queue.keys());
+        assert_eq!(
+            &after[..16],
+            flat(keys).as_slice(),
+            "this step's 4 keys at rows 0..4"
+        );
+        assert_eq!(&after[16..], &queue_before[16..], "the rest untouched");
+        assert_eq!(model.queue.ptr(), 4);
+        assert_eq!(model.ctx.step(), 1);
+    }
+
+    /// `target ← m·target + (1 − m)·online` uses the online parameters *after* the optimizer
+    /// step, with this step's momentum.
+    #[test]
+    fn the_ema_follows_the_optimizer_step() {
+        let ad = Device::default().autodiff();
+        let m = 0.9;
+        let model = tiny_model(m, &ad);
+        let target_before = params(model.pair.target());
+        let online_before = params(model.pair.online());
+        let output = TrainStep::step(&model, batch(&ad));
+        let mut optim = SgdConfig::new().init();
+        let model = model.optimize(&mut optim, 0.5.into(), output.grads);
+        let online_after = params(model.pair.online());
+        let target_after = params(model.pair.target());
+        let mut moved = 0;
+        for (((path, t0), (_, s1)), ((_, t1), (_, s0))) in target_before
+            .iter()
+            .zip(&online_after)
+            .zip(target_after.iter().zip(&online_before))
+        {
+            for i in 0..t0.len() {
+                let expected = m as f32 * t0[i] + (1.0 - m as f32) * s1[i];
+                assert!(
+                    (t1[i] - expected).abs() < 1e-5,
+                    "{path}[{i}]: {} vs {expected}",
+                    t1[i]
+                );
+                moved += usize::from(s1[i] != s0[i]);
+            }
+        }
+        assert!(
+            moved > 0,
+            "the optimizer step changed the online parameters"
+        );
+    }
+}

@@ -198,13 +198,10 @@ impl ImageSource for FolderImages {
     }
 
     fn get(&self, index: usize) -> Result<Sample, DataError> {
-        let (path, label) = self.items.get(index).ok_or_else(|| {
-            DataError::Config(format!(
-                "index {index} is past the {} images of {}",
-                self.len(),
-                self.name
-            ))
-        })?;
+        let (path, label) = self
+            .items
+            .get(index)
+            .ok_or_else(|| DataError::out_of_range(index, self.len(), &self.name))?;
         Ok(Sample {
             image: Image::open(path, self.channels)?,
             label: label.map(usize::from),

@@ -63,13 +63,7 @@ impl ImageSource for InMemoryImages {
         let pixels = self
             .pixels
             .get(index * size..(index + 1) * size)
-            .ok_or_else(|| {
-                DataError::Config(format!(
-                    "index {index} is past the {} images of {}",
-                    self.len(),
-                    self.name
-                ))
-            })?;
+            .ok_or_else(|| DataError::out_of_range(index, self.len(), &self.name))?;
         Ok(Sample {
             image: Image::new(self.width, self.height, self.channels, pixels.to_vec()),
             label: self.labels[index].map(usize::from),

@@ -59,10 +59,7 @@ impl ImageSource for Prefix {
     }
     fn get(&self, index: usize) -> Result<Sample, DataError> {
         if index >= self.len {
-            return Err(DataError::Config(format!(
-                "index {index} is past the first {} images",
-                self.len
-            )));
+            return Err(DataError::out_of_range(index, self.len, "the prefix"));
         }
         self.inner.get(index)
     }
