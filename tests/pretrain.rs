@@ -43,19 +43,23 @@ fn wait_for(path: &Path, child: &mut Child) {
     }
 }
 
+/// The step of a `state-STEP.json` checkpoint file, `None` for other files.
+fn checkpoint_step(path: &Path) -> Option<usize> {
+    path.file_stem()?
+        .to_str()?
+        .strip_prefix("state-")?
+        .parse()
+        .ok()
+}
+
+/// The run's checkpoint state files, oldest step first (numerically: step 10 after step 8).
 fn state_files(run: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(run.join("checkpoints"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with("state-")
-        })
+        .filter(|p| checkpoint_step(p).is_some())
         .collect();
-    files.sort();
+    files.sort_by_key(|p| checkpoint_step(p));
     files
 }
 
@@ -186,9 +190,7 @@ fn ctrl_c_saves_mid_epoch_and_resume_is_exact() {
     assert!(!err.contains("panicked"), "{err}");
     // The stop was saved as its own checkpoint, between the epoch ends (steps 8 and 16).
     let newest = state_files(&stopped).pop().unwrap();
-    let step: usize = newest.file_stem().unwrap().to_str().unwrap()["state-".len()..]
-        .parse()
-        .unwrap();
+    let step = checkpoint_step(&newest).unwrap();
     assert!(step > 8 && step < 16, "checkpoint at step {step}");
 
     let resumed = sce_train()
