@@ -101,3 +101,21 @@ fn unknown_subcommand_arguments_are_usage_errors() {
         .unwrap();
     assert_clean_failure(&out, 2, &["/nonexistent/run", "not a run directory"]);
 }
+
+/// Global options work before or after the subcommand; pretraining options before another
+/// subcommand are refused rather than silently ignored.
+#[test]
+fn global_options_go_either_side_of_the_subcommand() {
+    for args in [
+        &["--device", "tpu", "knn", "--checkpoint", "/nonexistent/run"][..],
+        &["knn", "--checkpoint", "/nonexistent/run", "--device", "tpu"][..],
+    ] {
+        let out = sce_train().args(args).output().unwrap();
+        assert_clean_failure(&out, 2, &["unknown device `tpu`"]);
+    }
+    let out = sce_train()
+        .args(["--epochs", "3", "knn", "--checkpoint", "/nonexistent/run"])
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, 2, &["pretraining options", "after `pretrain`"]);
+}

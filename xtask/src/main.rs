@@ -124,6 +124,15 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
             "64",
             "--json",
         ],
+        vec![
+            "bench",
+            "trunk",
+            "--model",
+            "resnet18-cifar",
+            "--batch",
+            "64",
+            "--json",
+        ],
     ];
     if args.iter().any(|a| a == "--full") {
         runs.push(vec![

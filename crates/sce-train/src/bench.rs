@@ -51,6 +51,8 @@ pub enum PipelineName {
     /// The small-dataset weak/strong pair on 32×32 images.
     CifarAsym,
     /// The ImageNet two-crop pair at 224 from JPEGs (decoded per sample).
+    #[value(name = "imagenet-2crop", alias = "imagenet2crop")]
+    #[serde(rename = "imagenet-2crop")]
     Imagenet2crop,
     /// Two 224 crops and four local crops from JPEGs.
     ImagenetMulticrop,

@@ -16,8 +16,7 @@ pub const QUICKSTART: &str = "configs/quickstart.toml";
     version,
     about = "Self-supervised representation learning with SCE (Similarity Contrastive Estimation, \
              Denize et al., WACV 2023) on Burn: CPU, CUDA or any WGPU GPU.",
-    long_about = None,
-    args_conflicts_with_subcommands = true
+    long_about = None
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -102,6 +101,19 @@ pub struct PretrainCmd {
 }
 
 impl PretrainCmd {
+    /// Whether any option of `pretrain` beyond the global ones was given.
+    fn has_own_options(&self) -> bool {
+        self.config.is_some()
+            || self.output.is_some()
+            || self.resume.is_some()
+            || !self.set.is_empty()
+            || self.seed.is_some()
+            || self.epochs.is_some()
+            || self.batch_size.is_some()
+            || self.limit_train.is_some()
+            || !self.devices.is_empty()
+    }
+
     fn source(&self) -> anyhow::Result<ConfigSource> {
         let mut overrides = self
             .set
@@ -181,6 +193,11 @@ pub fn main() -> std::process::ExitCode {
         }
     };
     let result = match &cli.command {
+        Some(_) if cli.pretrain.has_own_options() => Err(crate::error::usage(
+            "pretraining options (--config, --output, --resume, --set, --seed, --epochs, \
+             --batch-size, --limit-train, --devices) before a subcommand apply only when there \
+             is none; write them after `pretrain`",
+        )),
         None => cli.pretrain.run(),
         Some(Command::Pretrain(cmd)) => cmd.run(),
         Some(Command::Knn(cmd)) => cmd.run(),
