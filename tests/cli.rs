@@ -10,7 +10,9 @@ fn help_lists_the_subcommands() {
     let out = sce_train().arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = stdout(&out);
-    for command in ["pretrain", "linear", "knn", "embed", "bench", "export"] {
+    for command in [
+        "pretrain", "linear", "knn", "embed", "bench", "export", "check",
+    ] {
         assert!(help.contains(command), "--help lacks `{command}`:\n{help}");
     }
 }
@@ -118,4 +120,31 @@ fn global_options_go_either_side_of_the_subcommand() {
         .output()
         .unwrap();
     assert_clean_failure(&out, 2, &["pretraining options", "after `pretrain`"]);
+}
+
+/// `check` runs every numerical case on the chosen device and reports each in one JSON line.
+#[test]
+fn check_reports_every_case_on_the_cpu() {
+    let out = sce_train()
+        .args(["check", "--device", "cpu", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(report["passed"], true, "{report}");
+    let checks = report["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), sce_train::check::CASES.len());
+    for check in checks {
+        assert_eq!(check["passed"], true, "{check}");
+        assert!(check["max_error"].as_f64().unwrap() <= check["tolerance"].as_f64().unwrap());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("batch norm") && stderr.contains("all 9 checks passed"),
+        "{stderr}"
+    );
 }

@@ -1,4 +1,5 @@
-//! The command line: `pretrain` (default), `knn`, `linear`, `embed`, `export`, `bench`.
+//! The command line: `pretrain` (default), `knn`, `linear`, `embed`, `export`, `bench`,
+//! `check`.
 
 use std::path::PathBuf;
 
@@ -64,6 +65,8 @@ pub enum Command {
     /// Benchmarks: augmentation throughput, training-step throughput.
     #[command(subcommand)]
     Bench(crate::bench::BenchCmd),
+    /// Check a device's arithmetic against float64 references before trusting it with a run.
+    Check(crate::check::CheckCmd),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -205,6 +208,7 @@ pub fn main() -> std::process::ExitCode {
         Some(Command::Embed(cmd)) => cmd.run(),
         Some(Command::Export(cmd)) => cmd.run(),
         Some(Command::Bench(cmd)) => cmd.run(),
+        Some(Command::Check(cmd)) => cmd.run(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

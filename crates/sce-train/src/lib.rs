@@ -1,6 +1,7 @@
 //! `sce-train`: the SCE pretraining binary and what it is built from.
 //!
-//! - [`cli`]: the command line (`pretrain`, `knn`, `linear`, `embed`, `export`, `bench`).
+//! - [`cli`]: the command line (`pretrain`, `knn`, `linear`, `embed`, `export`, `bench`,
+//!   `check`).
 //! - [`config`]: typed TOML configuration, `--set` overrides, validation.
 //! - [`backend`]: Cargo-feature backends chosen at run time with `--device`.
 //! - [`model`]: the SCE step hosted by burn-train's `Learner` (EMA and queue in `optimize`).
@@ -8,9 +9,11 @@
 //! - [`train`]: the epoch loop (a custom learning strategy), run directory, checkpoints.
 //! - [`eval`]: kNN, linear evaluation, embeddings.
 //! - [`bench`]: augmentation and training-step benchmarks.
+//! - [`check`]: a device's arithmetic against float64 references (`sce-train check`).
 
 pub mod backend;
 pub mod bench;
+pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -1,0 +1,484 @@
+//! The numerical cases of `sce-train check`: each runs an operation training depends on, on the
+//! device under test, and compares it with a float64 reference computed on the host from the
+//! same inputs (never with another Burn backend, so the CPU backend is checked too).
+
+use burn::nn::LinearConfig;
+use burn::tensor::module::{batch_norm_train, conv2d};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Tensor, TensorData};
+use sce_loss::{QueueObjective, SceLoss};
+use sce_model::params::{ema_update, named_tensors};
+use sce_model::{Depth, ResNetConfig, Stem};
+use serde::{Deserialize, Serialize};
+
+/// One check's verdict: the largest error seen against the reference, and the tolerance.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckOutcome {
+    pub name: &'static str,
+    pub max_error: f64,
+    pub tolerance: f64,
+    pub passed: bool,
+    /// Why the check could not run (a panic inside the backend), if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl CheckOutcome {
+    fn new(name: &'static str, max_error: f64, tolerance: f64) -> Self {
+        Self {
+            name,
+            max_error,
+            tolerance,
+            passed: max_error <= tolerance,
+            error: None,
+        }
+    }
+
+    /// A check that did not finish.
+    pub fn aborted(name: &'static str, error: String) -> Self {
+        Self {
+            error: Some(error),
+            ..Self::new(name, f64::INFINITY, 0.0)
+        }
+    }
+}
+
+/// A check: its name and what runs it.
+pub type Case = (&'static str, fn(&Device) -> CheckOutcome);
+
+/// Every check, in the order a training step meets the operations.
+pub const CASES: &[Case] = &[
+    (LONG_REDUCTION, long_reduction),
+    (MATMUL, matmul),
+    (CONV, conv_forward_backward),
+    (BN_FORWARD, batch_norm_forward),
+    (BN_BACKWARD, batch_norm_backward),
+    (SCE_LOSS, sce_loss_value),
+    (SCE_GRAD, sce_loss_gradient),
+    (EMA, ema),
+    (SHAPES, trunk_shapes),
+];
+
+const LONG_REDUCTION: &str = "mean over long rows (4 × 100,352)";
+const MATMUL: &str = "matmul (256 × 96 · 96 × 80)";
+const CONV: &str = "conv2d 3×3 forward, input and weight gradients";
+const BN_FORWARD: &str = "batch norm training statistics and output (128 × 4 × 28 × 28)";
+const BN_BACKWARD: &str = "batch norm input gradient (128 × 4 × 28 × 28)";
+const SCE_LOSS: &str = "SCE loss against the float64 golden vectors";
+const SCE_GRAD: &str = "SCE dL/dq against the float64 golden vectors";
+const EMA: &str = "momentum (EMA) update of parameters";
+const SHAPES: &str = "ResNet-18 CIFAR and ResNet-50 ImageNet trunk output shapes";
+
+/// Reductions and normalisation are exact up to f32 rounding.
+const TIGHT: f64 = 1e-4;
+/// Matrix products and convolutions may accumulate in reduced precision on GPUs (TF32).
+const GEMM: f64 = 2e-3;
+
+/// Deterministic values in [-1, 1) (SplitMix64), the same for the host and the device.
+pub fn host_values(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed;
+    (0..len)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn upload<const D: usize>(values: &[f32], shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(values.to_vec(), shape), device)
+}
+
+fn download<const D: usize>(tensor: Tensor<D>) -> Vec<f64> {
+    tensor
+        .into_data()
+        .convert::<f64>()
+        .try_to_vec::<f64>()
+        .unwrap_or_default()
+}
+
+/// Largest `|got − expected| / max(|expected|, 1% of the largest |expected|)`: relative error,
+/// with a floor so that elements near zero are judged at the scale of the whole result.
+/// Non-finite values and a wrong length count as an infinite error.
+pub fn relative_error(got: &[f64], expected: &[f64]) -> f64 {
+    if got.len() != expected.len() {
+        return f64::INFINITY;
+    }
+    let largest = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let floor = (1e-2 * largest).max(f64::MIN_POSITIVE);
+    got.iter()
+        .zip(expected)
+        .map(|(g, e)| {
+            if g.is_finite() {
+                (g - e).abs() / e.abs().max(floor)
+            } else {
+                f64::INFINITY
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+/// The reduction behind batch-norm statistics and means, over rows longer than 2^16 elements:
+/// the case Mesa's lavapipe gets wrong (docs/backends.md).
+fn long_reduction(device: &Device) -> CheckOutcome {
+    let (rows, len) = (4, 100_352);
+    let mut x = host_values(rows * len, 1);
+    for (i, v) in x.iter_mut().enumerate() {
+        *v += (i / len) as f32;
+    }
+    let expected: Vec<f64> = x
+        .chunks(len)
+        .map(|row| row.iter().map(|&v| v as f64).sum::<f64>() / len as f64)
+        .collect();
+    let got = download(upload(&x, [rows, len], device).mean_dim(1));
+    CheckOutcome::new(LONG_REDUCTION, relative_error(&got, &expected), TIGHT)
+}
+
+fn matmul(device: &Device) -> CheckOutcome {
+    let (m, k, n) = (256, 96, 80);
+    let a = host_values(m * k, 2);
+    let b = host_values(k * n, 3);
+    let mut expected = vec![0.0f64; m * n];
+    for i in 0..m {
+        for p in 0..k {
+            let left = a[i * k + p] as f64;
+            for j in 0..n {
+                expected[i * n + j] += left * b[p * n + j] as f64;
+            }
+        }
+    }
+    let got = download(upload(&a, [m, k], device).matmul(upload(&b, [k, n], device)));
+    CheckOutcome::new(MATMUL, relative_error(&got, &expected), GEMM)
+}
+
+/// A 3×3, padding-1, stride-1 convolution and both its gradients for the loss `Σ y·g`.
+fn conv_forward_backward(device: &Device) -> CheckOutcome {
+    let (n, ci, co, h, w, k) = (4, 3, 5, 10, 10, 3);
+    let x = host_values(n * ci * h * w, 4);
+    let weight = host_values(co * ci * k * k, 5);
+    let g = host_values(n * co * h * w, 6);
+    let (mut y, mut dx, mut dw) = (
+        vec![0.0f64; g.len()],
+        vec![0.0f64; x.len()],
+        vec![0.0f64; weight.len()],
+    );
+    for b in 0..n {
+        for o in 0..co {
+            for i in 0..h {
+                for j in 0..w {
+                    let yi = ((b * co + o) * h + i) * w + j;
+                    for c in 0..ci {
+                        for a in 0..k {
+                            for e in 0..k {
+                                let (xi, xj) = ((i + a) as isize - 1, (j + e) as isize - 1);
+                                if xi < 0 || xj < 0 || xi >= h as isize || xj >= w as isize {
+                                    continue;
+                                }
+                                let xk = ((b * ci + c) * h + xi as usize) * w + xj as usize;
+                                let wk = ((o * ci + c) * k + a) * k + e;
+                                y[yi] += x[xk] as f64 * weight[wk] as f64;
+                                dw[wk] += g[yi] as f64 * x[xk] as f64;
+                                dx[xk] += g[yi] as f64 * weight[wk] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let ad = device.clone().autodiff();
+    let xt = upload(&x, [n, ci, h, w], &ad).require_grad();
+    let wt = upload(&weight, [co, ci, k, k], &ad).require_grad();
+    let out = conv2d(
+        xt.clone(),
+        wt.clone(),
+        None,
+        ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+    );
+    let got_y = download(out.clone());
+    let grads = (out * upload(&g, [n, co, h, w], &ad)).sum().backward();
+    let got_dx = xt.grad(&grads).map(download).unwrap_or_default();
+    let got_dw = wt.grad(&grads).map(download).unwrap_or_default();
+    let error = relative_error(&got_y, &y)
+        .max(relative_error(&got_dx, &dx))
+        .max(relative_error(&got_dw, &dw));
+    CheckOutcome::new(CONV, error, GEMM)
+}
+
+/// Inputs of the batch-norm checks: `[128, 4, 28, 28]`, 401,408 elements, more than 2^18.
+struct BatchNormCase {
+    shape: [usize; 4],
+    x: Vec<f32>,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    /// Upstream gradient for the backward check.
+    g: Vec<f32>,
+}
+
+const BN_EPSILON: f64 = 1e-5;
+
+impl BatchNormCase {
+    fn new() -> Self {
+        let shape = [128, 4, 28, 28];
+        let len = shape.iter().product();
+        let spatial = shape[2] * shape[3];
+        let mut x = host_values(len, 7);
+        for (i, v) in x.iter_mut().enumerate() {
+            let c = (i / spatial) % shape[1];
+            *v = *v * (1.0 + c as f32) + c as f32;
+        }
+        Self {
+            shape,
+            x,
+            gamma: vec![1.5, 0.5, 1.0, 2.0],
+            beta: vec![0.25, -0.5, 0.0, 1.0],
+            g: host_values(len, 8),
+        }
+    }
+
+    fn channel(&self, i: usize) -> usize {
+        (i / (self.shape[2] * self.shape[3])) % self.shape[1]
+    }
+
+    /// Per-channel mean and biased variance, in float64.
+    fn statistics(&self) -> (Vec<f64>, Vec<f64>) {
+        let c = self.shape[1];
+        let count = (self.x.len() / c) as f64;
+        let mut mean = vec![0.0; c];
+        for (i, &v) in self.x.iter().enumerate() {
+            mean[self.channel(i)] += v as f64 / count;
+        }
+        let mut var = vec![0.0; c];
+        for (i, &v) in self.x.iter().enumerate() {
+            let ch = self.channel(i);
+            var[ch] += (v as f64 - mean[ch]).powi(2) / count;
+        }
+        (mean, var)
+    }
+
+    /// `(x − mean) / sqrt(var + ε)` for every element.
+    fn normalized(&self, mean: &[f64], var: &[f64]) -> Vec<f64> {
+        self.x
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let ch = self.channel(i);
+                (v as f64 - mean[ch]) / (var[ch] + BN_EPSILON).sqrt()
+            })
+            .collect()
+    }
+
+    fn tensors(&self, device: &Device) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
+        (
+            upload(&self.x, self.shape, device),
+            upload(&self.gamma, [self.shape[1]], device),
+            upload(&self.beta, [self.shape[1]], device),
+        )
+    }
+}
+
+fn batch_norm_forward(device: &Device) -> CheckOutcome {
+    let case = BatchNormCase::new();
+    let (mean, var) = case.statistics();
+    let expected: Vec<f64> = case
+        .normalized(&mean, &var)
+        .iter()
+        .enumerate()
+        .map(|(i, xhat)| {
+            let ch = case.channel(i);
+            xhat * case.gamma[ch] as f64 + case.beta[ch] as f64
+        })
+        .collect();
+    let (x, gamma, beta) = case.tensors(device);
+    let result = batch_norm_train(x, gamma, beta, BN_EPSILON);
+    let error = relative_error(&download(result.mean), &mean)
+        .max(relative_error(&download(result.variance), &var))
+        .max(relative_error(&download(result.output), &expected));
+    CheckOutcome::new(BN_FORWARD, error, TIGHT)
+}
+
+/// `dL/dx = γ/σ · (g − mean(g) − x̂ · mean(g · x̂))` per channel, for the loss `Σ y·g`.
+fn batch_norm_backward(device: &Device) -> CheckOutcome {
+    let case = BatchNormCase::new();
+    let (mean, var) = case.statistics();
+    let xhat = case.normalized(&mean, &var);
+    let c = case.shape[1];
+    let count = (case.x.len() / c) as f64;
+    let (mut mean_g, mut mean_gx) = (vec![0.0; c], vec![0.0; c]);
+    for (i, &g) in case.g.iter().enumerate() {
+        let ch = case.channel(i);
+        mean_g[ch] += g as f64 / count;
+        mean_gx[ch] += g as f64 * xhat[i] / count;
+    }
+    let expected: Vec<f64> = case
+        .g
+        .iter()
+        .enumerate()
+        .map(|(i, &g)| {
+            let ch = case.channel(i);
+            let scale = case.gamma[ch] as f64 / (var[ch] + BN_EPSILON).sqrt();
+            scale * (g as f64 - mean_g[ch] - xhat[i] * mean_gx[ch])
+        })
+        .collect();
+    let ad = device.clone().autodiff();
+    let (x, gamma, beta) = case.tensors(&ad);
+    let x = x.require_grad();
+    let out = batch_norm_train(x.clone(), gamma, beta, BN_EPSILON).output;
+    let grads = (out * upload(&case.g, case.shape, &ad)).sum().backward();
+    let got = x.grad(&grads).map(download).unwrap_or_default();
+    CheckOutcome::new(BN_BACKWARD, relative_error(&got, &expected), TIGHT)
+}
+
+/// The golden vectors of `shared/golden/sce_loss.json` (copied into sce-loss's fixtures).
+const GOLDEN: &str = include_str!("../../../sce-loss/tests/fixtures/sce_loss.json");
+
+#[derive(Deserialize)]
+struct GoldenFile {
+    cases: Vec<GoldenCase>,
+}
+
+#[derive(Deserialize)]
+struct GoldenCase {
+    tau: f64,
+    tau_m: f64,
+    lambda: f64,
+    q: Vec<Vec<f64>>,
+    k: Vec<Vec<f64>>,
+    queue: Vec<Vec<f64>>,
+    loss: f64,
+    grad_q: Vec<Vec<f64>>,
+}
+
+fn matrix(rows: &[Vec<f64>], device: &Device) -> Tensor<2> {
+    let flat: Vec<f32> = rows.iter().flatten().map(|&v| v as f32).collect();
+    upload(
+        &flat,
+        [rows.len(), rows.first().map_or(0, Vec::len)],
+        device,
+    )
+}
+
+/// The largest relative errors of the loss value and of dL/dq over all golden cases.
+fn golden_errors(device: &Device) -> (f64, f64) {
+    let Ok(golden) = serde_json::from_str::<GoldenFile>(GOLDEN) else {
+        return (f64::INFINITY, f64::INFINITY);
+    };
+    let ad = device.clone().autodiff();
+    let (mut loss_error, mut grad_error) = (0.0f64, 0.0f64);
+    for case in &golden.cases {
+        let Ok(objective) = SceLoss::new(case.tau, case.tau_m, case.lambda) else {
+            return (f64::INFINITY, f64::INFINITY);
+        };
+        let q = matrix(&case.q, &ad).require_grad();
+        let Ok(loss) = objective.forward(q.clone(), matrix(&case.k, &ad), matrix(&case.queue, &ad))
+        else {
+            return (f64::INFINITY, f64::INFINITY);
+        };
+        loss_error = loss_error.max(relative_error(&download(loss.clone()), &[case.loss]));
+        let grads = loss.backward();
+        let expected: Vec<f64> = case.grad_q.iter().flatten().copied().collect();
+        let got = q.grad(&grads).map(download).unwrap_or_default();
+        grad_error = grad_error.max(relative_error(&got, &expected));
+    }
+    (loss_error, grad_error)
+}
+
+/// Looser than the CPU unit test's 1e-5: the similarity matmuls may run in TF32 on a GPU.
+fn sce_loss_value(device: &Device) -> CheckOutcome {
+    CheckOutcome::new(SCE_LOSS, golden_errors(device).0, TIGHT)
+}
+
+fn sce_loss_gradient(device: &Device) -> CheckOutcome {
+    CheckOutcome::new(SCE_GRAD, golden_errors(device).1, GEMM)
+}
+
+/// `target ← m·target + (1 − m)·online` over every parameter of a small layer.
+fn ema(device: &Device) -> CheckOutcome {
+    let momentum = 0.99;
+    let online = LinearConfig::new(16, 8).init(device);
+    let target = LinearConfig::new(16, 8).init(device);
+    let values = |m: &burn::nn::Linear| -> Vec<f64> {
+        named_tensors(m)
+            .into_iter()
+            .flat_map(|(_, t)| download(t))
+            .collect()
+    };
+    let (before_online, before_target) = (values(&online), values(&target));
+    let expected: Vec<f64> = before_target
+        .iter()
+        .zip(&before_online)
+        .map(|(t, o)| momentum * t + (1.0 - momentum) * o)
+        .collect();
+    let updated = ema_update(&online, target, momentum);
+    let got = values(&updated);
+    CheckOutcome::new(EMA, relative_error(&got, &expected), 1e-6)
+}
+
+/// Both stems and both block kinds produce `[batch, feature_dim]` of finite values.
+fn trunk_shapes(device: &Device) -> CheckOutcome {
+    let cases = [
+        (ResNetConfig::new(Depth::R18, Stem::Cifar), [2, 3, 32, 32]),
+        (
+            ResNetConfig::new(Depth::R50, Stem::Imagenet),
+            [1, 3, 64, 64],
+        ),
+    ];
+    let all_right = cases.into_iter().all(|(config, shape)| {
+        let config = config.with_width(8);
+        let Ok(trunk) = config.init(device) else {
+            return false;
+        };
+        let input = upload(&host_values(shape.iter().product(), 9), shape, device);
+        let features = trunk.forward(input);
+        features.dims() == [shape[0], config.feature_dim()]
+            && download(features).iter().all(|v| v.is_finite())
+    });
+    CheckOutcome::new(SHAPES, if all_right { 0.0 } else { f64::INFINITY }, 0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn as_f64(values: &[f32]) -> Vec<f64> {
+        values.iter().map(|&v| v as f64).collect()
+    }
+
+    #[test]
+    fn every_case_passes_on_the_default_device() {
+        let device = Device::default();
+        for (name, case) in CASES {
+            let outcome = case(&device);
+            assert_eq!(outcome.name, *name);
+            assert!(outcome.passed, "{outcome:?}");
+            assert!(outcome.max_error.is_finite(), "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn relative_error_catches_what_a_broken_kernel_produces() {
+        let expected = as_f64(&[0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(relative_error(&expected, &expected), 0.0);
+        // lavapipe's truncated sums: rows 2 and 3 partly or not at all.
+        let truncated = as_f64(&[0.0, 1.0, 1.22, 0.0]);
+        assert!(relative_error(&truncated, &expected) > 0.3);
+        assert_eq!(relative_error(&[f64::NAN; 4], &expected), f64::INFINITY);
+        assert_eq!(relative_error(&expected[..3], &expected), f64::INFINITY);
+        // Near-zero elements are judged at 1% of the largest, not relative to themselves.
+        assert!(relative_error(&as_f64(&[1e-6, 1.0, 2.0, 3.0]), &expected) < 1e-4);
+    }
+
+    #[test]
+    fn host_values_are_deterministic_and_spread_over_minus_one_to_one() {
+        let a = host_values(10_000, 1);
+        assert_eq!(a, host_values(10_000, 1));
+        assert_ne!(a, host_values(10_000, 2));
+        assert!(a.iter().all(|v| (-1.0..1.0).contains(v)));
+        let mean = a.iter().map(|&v| v as f64).sum::<f64>() / a.len() as f64;
+        assert!(mean.abs() < 0.05, "{mean}");
+    }
+}

@@ -1,0 +1,107 @@
+//! `sce-train check`: a numerical self-test of a device before trusting it with a long run.
+//!
+//! GPU backends can compute wrong numbers without failing: on Mesa's lavapipe (a software
+//! Vulkan device) Burn 0.22's wgpu backend sums only the first 2^18 elements of a long
+//! reduction, so batch-norm statistics are wrong and training silently learns nothing
+//! (docs/backends.md). Each case compares an operation training depends on with a float64
+//! reference computed on the host.
+
+mod cases;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use clap::Args;
+use serde::Serialize;
+
+pub use cases::{CASES, CheckOutcome, host_values, relative_error};
+
+use crate::backend::parse_device;
+use crate::cli::Common;
+
+#[derive(Args, Debug)]
+pub struct CheckCmd {
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Serialize)]
+struct CheckReport {
+    device: String,
+    passed: bool,
+    checks: Vec<CheckOutcome>,
+}
+
+/// Runs every case on `device`, reporting each as it finishes. A panic inside the backend
+/// fails that case instead of ending the program.
+pub fn run_checks(
+    device: &burn::tensor::Device,
+    mut report: impl FnMut(&CheckOutcome),
+) -> Vec<CheckOutcome> {
+    let previous_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let outcomes = CASES
+        .iter()
+        .map(|(name, case)| {
+            let outcome = catch_unwind(AssertUnwindSafe(|| case(device))).unwrap_or_else(|p| {
+                let message = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "the backend panicked".into());
+                CheckOutcome::aborted(name, message)
+            });
+            report(&outcome);
+            outcome
+        })
+        .collect();
+    std::panic::set_hook(previous_hook);
+    outcomes
+}
+
+/// One line per check: verdict, name, error against the tolerance.
+pub fn describe(outcome: &CheckOutcome) -> String {
+    let verdict = if outcome.passed { "ok  " } else { "FAIL" };
+    match &outcome.error {
+        Some(error) => format!("{verdict}  {}: did not run: {error}", outcome.name),
+        None => format!(
+            "{verdict}  {} (max relative error {:.1e}, tolerance {:.0e})",
+            outcome.name, outcome.max_error, outcome.tolerance
+        ),
+    }
+}
+
+impl CheckCmd {
+    pub fn run(&self) -> anyhow::Result<()> {
+        let device = parse_device(&self.common.device)?;
+        let console = self.common.console();
+        console.line(format!(
+            "checking {device:?} against float64 references ({} checks)…",
+            CASES.len()
+        ));
+        let checks = run_checks(&device, |outcome| console.line(describe(outcome)));
+        let failed: Vec<&str> = checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.name)
+            .collect();
+        if self.common.json {
+            let report = CheckReport {
+                device: format!("{device:?}"),
+                passed: failed.is_empty(),
+                checks: checks.clone(),
+            };
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        if !failed.is_empty() {
+            anyhow::bail!(
+                "{} of {} numerical checks failed on {device:?}: {}. Training on this device would \
+                 give wrong results; see \"Checking a device\" in docs/backends.md",
+                failed.len(),
+                checks.len(),
+                failed.join("; ")
+            );
+        }
+        console.line(format!("all {} checks passed", checks.len()));
+        Ok(())
+    }
+}
