@@ -9,11 +9,13 @@
 //! - [`QueueObjective`]: what both losses share, so a training step can hold either.
 //! - [`KeyQueue`]: the FIFO ring of past keys (negatives and relational anchors).
 //! - [`ViewPairing`] and [`multi_view_loss`]: asymmetric, symmetric and multi-crop aggregation.
+//! - [`golden`]: the float64 golden-vector format the loss is checked against.
 //!
 //! Every function takes plain tensors on any device; nothing here names a backend. Inputs are
 //! cast to f32 before the similarity matmuls so mixed-precision networks keep an f32 loss.
 
 mod error;
+pub mod golden;
 mod objective;
 mod queue;
 mod ressl;

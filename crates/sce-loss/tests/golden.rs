@@ -8,25 +8,8 @@
 use std::path::PathBuf;
 
 use burn::tensor::{Device, Tensor, TensorData};
+use sce_loss::golden::GoldenFile;
 use sce_loss::{QueueObjective, SceLoss};
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-struct GoldenFile {
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    tau: f64,
-    tau_m: f64,
-    lambda: f64,
-    q: Vec<Vec<f64>>,
-    k: Vec<Vec<f64>>,
-    queue: Vec<Vec<f64>>,
-    loss: f64,
-    grad_q: Vec<Vec<f64>>,
-}
 
 fn golden_path() -> PathBuf {
     match std::env::var_os("SCE_GOLDEN") {
@@ -45,7 +28,7 @@ fn loss_and_gradient_match_the_golden_vectors() {
     let path = golden_path();
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read golden vectors {}: {e}", path.display()));
-    let golden: GoldenFile = serde_json::from_str(&text)
+    let golden = GoldenFile::parse(&text)
         .unwrap_or_else(|e| panic!("{} is not a golden vector file: {e}", path.display()));
     assert!(
         !golden.cases.is_empty(),

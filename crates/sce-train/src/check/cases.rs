@@ -6,10 +6,11 @@ use burn::nn::LinearConfig;
 use burn::tensor::module::{batch_norm_train, conv2d};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
+use sce_loss::golden::{BUNDLED, GoldenFile};
 use sce_loss::{QueueObjective, SceLoss};
 use sce_model::params::{ema_update, named_tensors};
 use sce_model::{Depth, ResNetConfig, Stem};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// One check's verdict: the largest error seen against the reference, and the tolerance.
 #[derive(Debug, Clone, Serialize)]
@@ -333,26 +334,6 @@ fn batch_norm_backward(device: &Device) -> CheckOutcome {
     CheckOutcome::new(BN_BACKWARD, relative_error(&got, &expected), TIGHT)
 }
 
-/// The golden vectors of `shared/golden/sce_loss.json` (copied into sce-loss's fixtures).
-const GOLDEN: &str = include_str!("../../../sce-loss/tests/fixtures/sce_loss.json");
-
-#[derive(Deserialize)]
-struct GoldenFile {
-    cases: Vec<GoldenCase>,
-}
-
-#[derive(Deserialize)]
-struct GoldenCase {
-    tau: f64,
-    tau_m: f64,
-    lambda: f64,
-    q: Vec<Vec<f64>>,
-    k: Vec<Vec<f64>>,
-    queue: Vec<Vec<f64>>,
-    loss: f64,
-    grad_q: Vec<Vec<f64>>,
-}
-
 fn matrix(rows: &[Vec<f64>], device: &Device) -> Tensor<2> {
     let flat: Vec<f32> = rows.iter().flatten().map(|&v| v as f32).collect();
     upload(
@@ -364,7 +345,7 @@ fn matrix(rows: &[Vec<f64>], device: &Device) -> Tensor<2> {
 
 /// The largest relative errors of the loss value and of dL/dq over all golden cases.
 fn golden_errors(device: &Device) -> (f64, f64) {
-    let Ok(golden) = serde_json::from_str::<GoldenFile>(GOLDEN) else {
+    let Ok(golden) = GoldenFile::parse(BUNDLED) else {
         return (f64::INFINITY, f64::INFINITY);
     };
     let ad = device.clone().autodiff();
