@@ -76,7 +76,7 @@ const TIGHT: f64 = 1e-4;
 const GEMM: f64 = 2e-3;
 
 /// Deterministic values in [-1, 1) (SplitMix64), the same for the host and the device.
-pub fn host_values(len: usize, seed: u64) -> Vec<f32> {
+fn host_values(len: usize, seed: u64) -> Vec<f32> {
     let mut state = seed;
     (0..len)
         .map(|_| {
@@ -105,7 +105,7 @@ fn download<const D: usize>(tensor: Tensor<D>) -> Vec<f64> {
 /// Largest `|got − expected| / max(|expected|, 1% of the largest |expected|)`: relative error,
 /// with a floor so that elements near zero are judged at the scale of the whole result.
 /// Non-finite values and a wrong length count as an infinite error.
-pub fn relative_error(got: &[f64], expected: &[f64]) -> f64 {
+fn relative_error(got: &[f64], expected: &[f64]) -> f64 {
     if got.len() != expected.len() {
         return f64::INFINITY;
     }

@@ -13,7 +13,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use clap::Args;
 use serde::Serialize;
 
-pub use cases::{CASES, CheckOutcome, host_values, relative_error};
+pub use cases::{CASES, CheckOutcome};
 
 use crate::backend::parse_device;
 use crate::cli::Common;
