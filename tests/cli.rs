@@ -79,6 +79,70 @@ fn bad_override_values_are_named() {
     // Malformed override.
     let out = tiny(&["--set", "noequals"]);
     assert_clean_failure(&out, 2, &["section.key=value"]);
+    // Normalisation that would divide by zero or carry NaN into the first step.
+    let out = tiny(&["--set", "augment.mean=[0.5]", "--set", "augment.std=[0.0]"]);
+    assert_clean_failure(&out, 2, &["augment.std", "> 0"]);
+    let out = tiny(&["--set", "augment.mean=[nan]", "--set", "augment.std=[0.3]"]);
+    assert_clean_failure(&out, 2, &["augment.mean", "finite"]);
+    let out = tiny(&[
+        "--set",
+        "augment.mean=[0.5]",
+        "--set",
+        "augment.std=[0.3, 0.3]",
+    ]);
+    assert_clean_failure(&out, 2, &["augment.std", "one per channel"]);
+}
+
+/// Evaluation options follow the configuration's rules: a zero k, a zero or non-finite
+/// temperature, zero epochs or limits are refused before anything runs.
+#[test]
+fn evaluation_options_are_validated() {
+    for (args, needle) in [
+        (&["knn", "--k", "0"][..], "--k"),
+        (&["knn", "--temperature", "0"][..], "--temperature"),
+        (&["knn", "--temperature", "nan"][..], "--temperature"),
+        (&["knn", "--bank-limit", "0"][..], "--bank-limit"),
+        (&["linear", "--epochs", "0"][..], "--epochs"),
+        (&["linear", "--limit-test", "0"][..], "--limit-test"),
+        (&["linear", "--lr=-1"][..], "--lr"),
+        (
+            &["embed", "--top", "0", "--input", "x", "--output", "y"][..],
+            "--top",
+        ),
+    ] {
+        let out = sce_train()
+            .args(args)
+            .args(["--checkpoint", "/nonexistent/run"])
+            .output()
+            .unwrap();
+        assert_clean_failure(&out, 2, &[needle]);
+    }
+}
+
+/// `data.channels` that disagrees with the images is refused at start-up, not after
+/// training when evaluation rebuilds the network.
+#[test]
+fn channels_that_disagree_with_the_data_are_refused() {
+    let Some(data) = common::data_dir("channels_that_disagree_with_the_data") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = sce_train()
+        .args([
+            "pretrain",
+            "--config",
+            "configs/tiny.toml",
+            "--set",
+            "data.channels=3",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--output")
+        .arg(dir.path().join("run"))
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, 2, &["data.channels", "1 channel"]);
+    assert!(!dir.path().join("run").exists(), "no run directory");
 }
 
 #[test]

@@ -259,3 +259,116 @@ fn two_devices_split_the_epoch() {
     .unwrap();
     assert_clean_failure(&out, 2, &["method.queue_size", "2 devices"]);
 }
+
+/// `pretrain --resume RUN` with the real data.
+fn resume(data: &Path, run: &Path) -> std::process::Output {
+    sce_train()
+        .args(["pretrain", "--json", "--resume"])
+        .arg(run)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap()
+}
+
+/// A save that fails (here the final model record's name is taken by a directory, which even
+/// root cannot replace) ends the run non-zero, naming the file and the OS error, with no
+/// summary; the previous checkpoint survives and the run continues from it. A damaged newest
+/// checkpoint falls back to the intact one before it, and a resume under an edited
+/// configuration is refused naming the key.
+#[test]
+fn failed_saves_are_loud_and_damaged_checkpoints_fall_back() {
+    let Some(data) = common::data_dir("failed_saves_are_loud") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    // Two epochs of 8 steps: checkpoints at steps 8 and 16 (the last).
+    std::fs::create_dir_all(run.join("checkpoints/model-16.bpk")).unwrap();
+    let out = tiny(&data, &run, &[]).output().unwrap();
+    assert_clean_failure(
+        &out,
+        1,
+        &["cannot save the checkpoint at step 16", "model-16.bpk"],
+    );
+    assert!(common::stdout(&out).is_empty(), "no JSON summary on stdout");
+    assert!(
+        !run.join("summary.json").exists(),
+        "no summary over a lost save"
+    );
+    let steps: Vec<_> = state_files(&run)
+        .iter()
+        .filter_map(|p| checkpoint_step(p))
+        .collect();
+    assert_eq!(
+        steps,
+        [8],
+        "the earlier checkpoint is kept, no manifest for step 16"
+    );
+
+    std::fs::remove_dir(run.join("checkpoints/model-16.bpk")).unwrap();
+    let out = resume(&data, &run);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("resuming at epoch 2"),
+        "{}",
+        stderr(&out)
+    );
+    let finished = summary(&run);
+
+    // The final optimizer record truncated: the run falls back to step 8, says so, and
+    // retrains epoch 2 to the same numbers.
+    std::fs::write(run.join("checkpoints/optim-16.bpk"), b"").unwrap();
+    let out = resume(&data, &run);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("step 16 is damaged") && err.contains("optim-16.bpk"),
+        "{err}"
+    );
+    assert!(err.contains("resuming at epoch 2"), "{err}");
+    assert_eq!(summary(&run)["final_loss"], finished["final_loss"]);
+    assert_eq!(summary(&run)["knn_top1"], finished["knn_top1"]);
+
+    // An edited configuration that changes the experiment is refused, naming the key.
+    let config = run.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("batch_size = 128", "batch_size = 64")).unwrap();
+    let out = resume(&data, &run);
+    assert_clean_failure(&out, 2, &["run.batch_size", "128 → 64", "changed since"]);
+}
+
+/// A run killed before its first checkpoint restarts from step 0 under `--resume` (instead of
+/// each of `--resume` and a plain re-run pointing at the other); while a run is alive, a
+/// second process writing its directory is refused.
+#[test]
+fn a_run_killed_before_its_first_checkpoint_restarts_and_has_one_writer() {
+    let Some(data) = common::data_dir("a_run_killed_before_its_first_checkpoint") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut child = tiny(&data, &run, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&run.join("config.toml"), &mut child);
+    let second = resume(&data, &run);
+    let pid = child.id().to_string();
+    assert_clean_failure(&second, 1, &["in use by another sce-train process", &pid]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        state_files(&run).is_empty(),
+        "killed before the first checkpoint"
+    );
+
+    let again = tiny(&data, &run, &[]).output().unwrap();
+    assert_clean_failure(&again, 2, &["already holds a run", "--resume"]);
+    let out = resume(&data, &run);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("starting the run from step 0"), "{err}");
+    assert_eq!(json_line(&out)["steps"], 16);
+}

@@ -8,6 +8,7 @@
 //!   and the paper's view recipes.
 //! - [`ViewLoader`]: a Burn data loader producing one tensor per view, augmenting in parallel.
 //! - [`rng`]: per-sample randomness derived from (seed, epoch, index).
+//! - [`SkipLog`]: unreadable images skipped (with `data.skip_corrupt`) and reported.
 
 pub mod augment;
 pub mod datasets;
@@ -17,9 +18,11 @@ mod image;
 mod loader;
 mod locate;
 pub mod rng;
+mod skip;
 
 pub use datasets::{DatasetKind, ImageSource, OpenOptions, Prefix, Sample, Split};
 pub use error::DataError;
 pub use image::Image;
-pub use loader::{Cursor, HostBatch, LoaderConfig, ViewBatch, ViewLoader, eval_batches};
+pub use loader::{Cursor, EvalBatch, HostBatch, LoaderConfig, ViewBatch, ViewLoader, eval_batches};
 pub use locate::Locator;
+pub use skip::{SkipLog, Warn};

@@ -2,6 +2,7 @@
 //! producer thread preparing batches ahead of the training step, every random choice drawn from
 //! (seed, epoch, sample index).
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -12,10 +13,10 @@ use burn::tensor::{Device, Tensor, TensorData};
 use fast_image_resize::Resizer;
 use rayon::prelude::*;
 
-use crate::DataError;
 use crate::augment::{EvalTransform, Planes, ViewPipeline};
 use crate::datasets::{ImageSource, Sample};
 use crate::rng::{epoch_order, sample_rng};
+use crate::{DataError, SkipLog};
 
 /// One training batch: a `[batch, channels, size, size]` tensor per view.
 #[derive(Clone, Debug)]
@@ -81,9 +82,9 @@ pub struct LoaderConfig {
     pub threads: Option<usize>,
     /// Batches prepared ahead of the consumer.
     pub prefetch: usize,
-    /// Replace an unreadable image by the next one (reported in [`ViewLoader::skipped`])
-    /// instead of stopping with an error.
-    pub skip_corrupt: bool,
+    /// Whether an unreadable image stops the epoch or is replaced by the next readable one
+    /// (and reported there).
+    pub skip: Arc<SkipLog>,
 }
 
 /// Which epoch `iter()` produces and from which batch it starts (resumes); set before each
@@ -110,7 +111,8 @@ struct Shared {
     pipeline: ViewPipeline,
     config: LoaderConfig,
     pool: Option<rayon::ThreadPool>,
-    skipped: Mutex<Vec<String>>,
+    /// Indices already found unreadable: skipped at once, never read again.
+    unreadable: Mutex<HashSet<usize>>,
 }
 
 /// A Burn [`DataLoader`] of augmented multi-view batches.
@@ -168,7 +170,7 @@ impl ViewLoader {
                 source,
                 pipeline,
                 config,
-                skipped: Mutex::new(Vec::new()),
+                unreadable: Mutex::new(HashSet::new()),
             }),
             cursor: Arc::new(Cursor::default()),
             device,
@@ -202,11 +204,6 @@ impl ViewLoader {
         all / self.shard.1
     }
 
-    /// Images replaced because they could not be read (with `skip_corrupt`).
-    pub fn skipped(&self) -> Vec<String> {
-        self.shared.skipped.lock().unwrap().clone()
-    }
-
     /// Dataset indices of batch `batch` of `epoch`.
     pub fn batch_indices(&self, epoch: u64, batch: usize) -> Vec<usize> {
         let c = &self.shared.config;
@@ -220,18 +217,30 @@ impl ViewLoader {
         order[start.min(n)..(start + c.batch_size).min(n)].to_vec()
     }
 
+    /// Sample `index`, or with skipping on, the next readable one after it.
     fn sample(&self, index: usize) -> Result<Sample, DataError> {
         let source = &self.shared.source;
-        match source.get(index) {
-            Ok(sample) => Ok(sample),
-            Err(e) if self.shared.config.skip_corrupt => {
-                self.shared.skipped.lock().unwrap().push(e.to_string());
-                (1..source.len())
-                    .find_map(|step| source.get((index + step) % source.len()).ok())
-                    .ok_or(e)
+        let unreadable = |i: usize| self.shared.unreadable.lock().unwrap().contains(&i);
+        let mut first_error = None;
+        for i in (0..source.len()).map(|step| (index + step) % source.len()) {
+            if unreadable(i) {
+                continue;
             }
-            Err(e) => Err(e),
+            match source.get(i) {
+                Ok(sample) => return Ok(sample),
+                Err(e) if self.shared.config.skip.skip(&source.item_name(i), &e) => {
+                    self.shared.unreadable.lock().unwrap().insert(i);
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
         }
+        Err(first_error.unwrap_or_else(|| {
+            DataError::Config(format!(
+                "every image of {} is unreadable",
+                source.item_name(index)
+            ))
+        }))
     }
 
     /// Augments batch `batch` of `epoch` on the host; the same call always gives the same
@@ -270,9 +279,22 @@ impl Iterator for ViewIter {
     type Item = Result<ViewBatch, DatasetError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let item = self.receiver.recv().ok()?;
-        self.done += 1;
-        Some(item.map_err(DatasetError::new))
+        match self.receiver.recv() {
+            Ok(item) => {
+                self.done += 1;
+                Some(item.map_err(DatasetError::new))
+            }
+            // The producer ended early without sending an error: it died (a panic while
+            // augmenting). That is no end of epoch.
+            Err(_) if self.done < self.total => {
+                let done = std::mem::replace(&mut self.done, self.total);
+                Some(Err(DatasetError::new(DataError::Config(format!(
+                    "the data loader stopped after {done} of {} batches (its thread died)",
+                    self.total
+                )))))
+            }
+            Err(_) => None,
+        }
     }
 }
 
@@ -333,25 +355,58 @@ impl DataLoader<ViewBatch> for ViewLoader {
     }
 }
 
-/// Deterministic evaluation batches (no augmentation): `(images, labels)` per batch.
+/// Deterministic evaluation batches (no augmentation): `(images, labels, indices)` per
+/// batch. Unreadable images are left out when `skip` allows it (the indices say which images
+/// a batch holds), else they are an error.
 pub fn eval_batches<'a>(
     source: &'a Arc<dyn ImageSource>,
     transform: &'a EvalTransform,
     batch_size: usize,
     device: &'a Device,
-) -> impl Iterator<Item = Result<(Tensor<4>, Vec<Option<usize>>), DataError>> + 'a {
+    skip: &'a SkipLog,
+) -> impl Iterator<Item = Result<EvalBatch, DataError>> + 'a {
     let n = source.len();
-    (0..n.div_ceil(batch_size.max(1))).map(move |b| {
-        let indices: Vec<usize> = (b * batch_size..((b + 1) * batch_size).min(n)).collect();
-        let results = indices
-            .par_iter()
-            .map_init(Resizer::new, |resizer, &i| {
-                let sample = source.get(i)?;
-                Ok((vec![transform.apply(&sample.image, resizer)], sample.label))
-            })
-            .collect::<Result<Vec<_>, DataError>>()?;
-        let (planes, labels): (Vec<_>, Vec<_>) = results.into_iter().unzip();
-        let mut batch = HostBatch::stack(planes, labels, indices).into_tensors(device);
-        Ok((batch.views.remove(0), batch.labels))
-    })
+    (0..n.div_ceil(batch_size.max(1)))
+        .map(move |b| {
+            let indices: Vec<usize> = (b * batch_size..((b + 1) * batch_size).min(n)).collect();
+            let results = indices
+                .par_iter()
+                .map_init(Resizer::new, |resizer, &i| match source.get(i) {
+                    Ok(sample) => Ok(Some((
+                        vec![transform.apply(&sample.image, resizer)],
+                        sample.label,
+                        i,
+                    ))),
+                    Err(e) if skip.skip(&source.item_name(i), &e) => Ok(None),
+                    Err(e) => Err(e),
+                })
+                .collect::<Result<Vec<_>, DataError>>()?;
+            let kept: Vec<_> = results.into_iter().flatten().collect();
+            if kept.is_empty() {
+                return Ok(None);
+            }
+            let mut planes = Vec::with_capacity(kept.len());
+            let mut labels = Vec::with_capacity(kept.len());
+            let mut indices = Vec::with_capacity(kept.len());
+            for (p, l, i) in kept {
+                planes.push(p);
+                labels.push(l);
+                indices.push(i);
+            }
+            let mut batch = HostBatch::stack(planes, labels, indices).into_tensors(device);
+            Ok(Some(EvalBatch {
+                images: batch.views.remove(0),
+                labels: batch.labels,
+                indices: batch.indices,
+            }))
+        })
+        .filter_map(Result::transpose)
+}
+
+/// One batch of evaluation images.
+pub struct EvalBatch {
+    pub images: Tensor<4>,
+    pub labels: Vec<Option<usize>>,
+    /// Dataset indices of the images, in batch order.
+    pub indices: Vec<usize>,
 }

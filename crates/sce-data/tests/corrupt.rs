@@ -68,6 +68,27 @@ fn idx_files() {
         "{err}"
     );
 
+    // Every header field is checked: no images, 0×0 images, absurd sides, no labels.
+    for ((n, side), what) in [
+        ((0, 4), "0 images of 4x4"),
+        ((3, 0), "3 images of 0x0"),
+        ((1, 70_000), "1 images of 70000x70000"),
+    ] {
+        let mut header = idx_images(0, 0);
+        header[4..8].copy_from_slice(&u32::to_be_bytes(n));
+        header[8..12].copy_from_slice(&u32::to_be_bytes(side));
+        header[12..16].copy_from_slice(&u32::to_be_bytes(side));
+        write_mnist(dir.path(), header, idx_labels(&[1, 2, 3]));
+        let err = open_err(DatasetKind::Mnist, dir.path());
+        assert!(
+            err.contains("train-images-idx3-ubyte") && err.contains(what),
+            "{err}"
+        );
+    }
+    write_mnist(dir.path(), idx_images(3, 4), idx_labels(&[]));
+    let err = open_err(DatasetKind::Mnist, dir.path());
+    assert!(err.contains("0 labels"), "{err}");
+
     // A corrupt gzip stream.
     std::fs::remove_file(dir.path().join("train-images-idx3-ubyte")).unwrap();
     let mut gz = vec![0x1f, 0x8b];

@@ -201,7 +201,7 @@ impl AugmentBench {
                 seed: 0,
                 threads: Some(threads),
                 prefetch: 1,
-                skip_corrupt: false,
+                skip: std::sync::Arc::new(sce_data::SkipLog::strict()),
             },
             burn::tensor::Device::default(),
         )?;

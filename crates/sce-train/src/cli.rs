@@ -27,6 +27,25 @@ pub struct Cli {
     pub pretrain: PretrainCmd,
 }
 
+/// A count that must be at least 1 (`--k`, `--epochs`, limits, batch sizes): the same rule as
+/// the configuration's, applied where clap parses the option.
+pub fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be >= 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{text}` is not a whole number >= 1")),
+    }
+}
+
+/// A finite number above zero (temperatures, learning rates).
+pub fn positive_number(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(v) => Err(format!("{v} must be a finite number > 0")),
+        Err(_) => Err(format!("`{text}` is not a number")),
+    }
+}
+
 /// Options every command takes.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
@@ -89,13 +108,13 @@ pub struct PretrainCmd {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Number of epochs (run.epochs).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub epochs: Option<usize>,
     /// Batch size (run.batch_size).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub batch_size: Option<usize>,
     /// Use only the first N training images (data.limit_train).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub limit_train: Option<usize>,
     /// Data-parallel training on several devices, e.g. `cuda:0,cuda:1`: each runs the step on
     /// its own batch of `run.batch_size`; gradients are averaged on the first.
@@ -215,6 +234,23 @@ pub fn main() -> std::process::ExitCode {
         Err(error) => {
             eprintln!("{}", crate::error::report(&error));
             std::process::ExitCode::from(crate::error::exit_code(&error))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_positive_numbers_are_checked_when_parsed() {
+        assert_eq!(at_least_one("3"), Ok(3));
+        for bad in ["0", "-1", "x", ""] {
+            assert!(at_least_one(bad).is_err(), "{bad}");
+        }
+        assert_eq!(positive_number("0.07"), Ok(0.07));
+        for bad in ["0", "-0.1", "nan", "inf", "x"] {
+            assert!(positive_number(bad).is_err(), "{bad}");
         }
     }
 }

@@ -14,14 +14,14 @@ use clap::Args;
 use fast_image_resize::Resizer;
 use sce_data::augment::{ViewPipeline, ViewSpec};
 use sce_data::datasets::FolderImages;
-use sce_data::{DatasetKind, Image, ImageSource, LoaderConfig, Prefix, Split, ViewLoader};
+use sce_data::{DatasetKind, Image, ImageSource, LoaderConfig, Prefix, SkipLog, Split, ViewLoader};
 use sce_model::ResNet;
 use serde::Serialize;
 
 use crate::backend::parse_device;
-use crate::cli::Common;
+use crate::cli::{Common, at_least_one, positive_number};
 use crate::config::TrainConfig;
-use crate::eval::{KnnResult, extract_features};
+use crate::eval::{FeatureSet, KnnResult, extract_features};
 use crate::train::{
     DataAccess, channels_of, eval_transform, fresh_model, knn_evaluator, load_run, normalization,
     write_atomic,
@@ -49,16 +49,16 @@ pub struct KnnCmd {
     #[arg(long, value_name = "RUN_DIR")]
     pub checkpoint: PathBuf,
     /// Neighbours voting.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = at_least_one)]
     pub k: usize,
     /// Temperature of the vote weights exp(similarity / T).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = positive_number)]
     pub temperature: f64,
     /// Training images in the memory bank (default: the run's eval.bank_limit, else all).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub bank_limit: Option<usize>,
     /// Test images classified (default: the run's eval.test_limit, else all).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub test_limit: Option<usize>,
 }
 
@@ -100,7 +100,9 @@ impl KnnCmd {
             evaluator.bank.len(),
             evaluator.test.len()
         ));
-        let trained = evaluator.evaluate(&trunk)?;
+        let trained = evaluator
+            .evaluate(&trunk)
+            .with_context(|| format!("kNN of {}", self.checkpoint.display()))?;
         let untrained_model = fresh_model(&config, 1, &device)?.valid();
         let untrained = evaluator.evaluate(&untrained_model.pair.online().trunk)?;
         let small = config.augment.size <= 64;
@@ -137,19 +139,19 @@ pub struct LinearCmd {
     #[arg(long, value_name = "RUN_DIR")]
     pub checkpoint: PathBuf,
     /// Epochs (default: 100 for small images, 90 for ImageNet-like data, spec §5).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     pub epochs: Option<usize>,
     /// Learning rate (default: 30 with step decay for small images, 0.4·batch/1024 with cosine
     /// otherwise).
-    #[arg(long)]
+    #[arg(long, value_parser = positive_number)]
     pub lr: Option<f64>,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
     pub batch_size: usize,
     /// Use only the first N training images.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub limit_train: Option<usize>,
     /// Evaluate on only the first N test images.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub limit_test: Option<usize>,
     /// Normalise features with a non-affine BatchNorm before the linear layer (MAE's linear
     /// probe). Off by default, as the spec's protocol; it makes SGD converge on features with
@@ -271,7 +273,7 @@ impl LinearCmd {
                 seed: config.run.seed,
                 threads: config.data.threads,
                 prefetch: 2,
-                skip_corrupt: config.data.skip_corrupt,
+                skip: data.skip.clone(),
             },
             device.clone(),
         )?;
@@ -364,18 +366,29 @@ impl LinearCmd {
         let transform = eval_transform(&config, norm);
         let head = head.valid();
         let (mut c1, mut c5, mut n) = (0, 0, 0);
-        for batch in sce_data::eval_batches(&test, &transform, self.batch_size, &device) {
-            let (images, labels) = batch.context("cannot read a test image")?;
-            let labels: Vec<usize> = labels
+        for batch in sce_data::eval_batches(&test, &transform, self.batch_size, &device, &data.skip)
+        {
+            let batch = batch.context("cannot read a test image")?;
+            let images = batch.images;
+            let labels: Vec<usize> = batch
+                .labels
                 .into_iter()
                 .map(|l| l.context("the test split has unlabelled images"))
                 .collect::<anyhow::Result<_>>()?;
             let logits = head.forward(trunk.forward(images));
+            let non_finite = logits.clone().is_finite().bool_not().any();
+            anyhow::ensure!(
+                !non_finite.into_scalar::<bool>(),
+                "the linear classifier's outputs on test images hold NaN or infinite values; \
+                 no accuracy is reported for {}",
+                run_dir.display()
+            );
             let (a, b) = topk_correct(logits, &labels);
             c1 += a;
             c5 += b;
             n += labels.len();
         }
+        anyhow::ensure!(n > 0, "the test split of {} is empty", data.kind);
         let report = LinearReport {
             run_dir: run_dir.clone(),
             epochs,
@@ -441,9 +454,9 @@ pub struct EmbedCmd {
     #[arg(long, value_name = "IMAGE")]
     pub query: Option<PathBuf>,
     /// How many neighbours `--query` prints.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
     pub top: usize,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
     pub batch_size: usize,
 }
 
@@ -468,7 +481,11 @@ impl EmbedCmd {
         let channels = channels_of(config);
         let path = Path::new(&self.input);
         if path.is_dir() {
-            return Ok(Arc::new(FolderImages::auto(path, channels)?));
+            let folder = FolderImages::auto(path, channels)?;
+            for note in folder.notes() {
+                self.common.console().line(format!("note: {note}"));
+            }
+            return Ok(Arc::new(folder));
         }
         let (name, split) = self.input.split_once(':').unwrap_or((&self.input, "test"));
         let kind: DatasetKind = name.parse().map_err(|e: String| {
@@ -496,10 +513,17 @@ impl EmbedCmd {
             normalization(&config, config.data.dataset, source.channels()),
         );
         console.line(format!("embedding {} images…", source.len()));
-        let (features, labels) =
-            extract_features(&source, &transform, self.batch_size, &device, &|x| {
-                trunk.forward(x)
-            })?;
+        let skip = SkipLog::new(
+            config.data.skip_corrupt,
+            Box::new(move |line| console.line(line)),
+        );
+        let FeatureSet {
+            features,
+            labels,
+            indices,
+        } = extract_features(&source, &transform, self.batch_size, &device, &skip, &|x| {
+            trunk.forward(x)
+        })?;
         let [n, dim] = features.dims();
         let flat: Vec<f32> = features
             .clone()
@@ -507,7 +531,7 @@ impl EmbedCmd {
             .convert::<f32>()
             .try_to_vec()
             .unwrap();
-        let names: Vec<String> = (0..n).map(|i| source.item_name(i)).collect();
+        let names: Vec<String> = indices.iter().map(|&i| source.item_name(i)).collect();
         let label_values: Vec<i64> = labels.iter().map(|l| l.map_or(-1, |v| v as i64)).collect();
         write_embeddings(&self.output, &flat, [n, dim], &label_values, &names)?;
         console.line(format!(

@@ -1,7 +1,7 @@
 //! Image folders, decoded lazily per sample: ImageNet-style `class/image.jpg`, Tiny-ImageNet's
 //! layout, ImageNet-100 (a class-list file over ImageNet) and flat unlabelled folders.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::datasets::{ImageSource, Sample};
@@ -13,6 +13,7 @@ pub struct FolderImages {
     items: Vec<(PathBuf, Option<u16>)>,
     classes: Vec<String>,
     channels: usize,
+    notes: Vec<String>,
 }
 
 fn is_image(path: &Path) -> bool {
@@ -22,6 +23,7 @@ fn is_image(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// The entries of `dir` except hidden ones, sorted by name (non-UTF-8 names included).
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     let mut entries = std::fs::read_dir(dir)
         .map_err(DataError::io(dir))?
@@ -29,24 +31,97 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
         .collect::<Result<Vec<_>, _>>()?;
     entries.retain(|p| {
         !p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'))
+            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
     });
     entries.sort();
     Ok(entries)
 }
 
-/// Every image file under `dir`, recursively, in sorted order.
-fn images_under(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let mut out = Vec::new();
-    for path in read_dir_sorted(dir)? {
-        if path.is_dir() {
-            out.extend(images_under(&path)?);
-        } else if is_image(&path) {
-            out.push(path);
+/// A folder's name as a class name (lossy for names that are not UTF-8: only for display and
+/// matching; files are opened through their real paths).
+fn class_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A listing of image files that follows symbolic links but lists each real folder once (a
+/// symlink loop or two links to one folder would multiply its images), and remembers what
+/// it skipped, for one note to the user.
+#[derive(Default)]
+struct Walk {
+    visited: HashSet<PathBuf>,
+    ignored: Vec<PathBuf>,
+    revisits: Vec<PathBuf>,
+}
+
+impl Walk {
+    /// Every image file under `dir`, recursively, in sorted order.
+    fn images_under(&mut self, dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+        let real = dir.canonicalize().map_err(DataError::io(dir))?;
+        if !self.visited.insert(real) {
+            self.revisits.push(dir.to_path_buf());
+            return Ok(Vec::new());
         }
+        let mut out = Vec::new();
+        for path in read_dir_sorted(dir)? {
+            if path.is_dir() {
+                out.extend(self.images_under(&path)?);
+            } else if is_image(&path) {
+                out.push(path);
+            } else {
+                self.ignored.push(path);
+            }
+        }
+        Ok(out)
     }
-    Ok(out)
+
+    fn notes(&self, root: &Path) -> Vec<String> {
+        let mut notes = Vec::new();
+        if let Some(first) = self.ignored.first() {
+            notes.push(format!(
+                "ignored {} file(s) under {} that are not .jpg/.jpeg/.png images (first: {})",
+                self.ignored.len(),
+                root.display(),
+                first.display()
+            ));
+        }
+        if let Some(first) = self.revisits.first() {
+            notes.push(format!(
+                "skipped {} folder(s) under {} already listed through another path (a symbolic \
+                 link loop or two links to one folder; first: {})",
+                self.revisits.len(),
+                root.display(),
+                first.display()
+            ));
+        }
+        notes
+    }
+}
+
+/// The class folders of `root` (sorted), and the files beside them.
+fn class_folders(root: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), DataError> {
+    Ok(read_dir_sorted(root)?.into_iter().partition(|p| p.is_dir()))
+}
+
+/// Whether `root` is laid out as class folders: it holds folders and no image directly.
+fn has_class_folders(root: &Path) -> Result<bool, DataError> {
+    let (folders, files) = class_folders(root)?;
+    Ok(!folders.is_empty() && !files.iter().any(|f| is_image(f)))
+}
+
+/// How a split's class folders map to labels.
+pub enum ClassMap<'a> {
+    /// Every folder is a class, in sorted order (torchvision's `ImageFolder`).
+    Own,
+    /// Exactly these classes (a class-list file): each must be a folder; others are ignored.
+    Only(&'a [String]),
+    /// A validation split labelled like its training split: each folder must be one of these
+    /// training classes (a class may be missing); labels are the training indices.
+    SameAs(&'a [String]),
+    /// The validation split of a class-list subset: folders of these classes, labelled by
+    /// their index in the sorted list (a class may be missing); other folders are ignored.
+    Within(&'a [String]),
 }
 
 impl FolderImages {
@@ -56,6 +131,7 @@ impl FolderImages {
         classes: Vec<String>,
         channels: usize,
         root: &Path,
+        notes: Vec<String>,
     ) -> Result<Self, DataError> {
         if items.is_empty() {
             return Err(DataError::NotFound {
@@ -69,73 +145,151 @@ impl FolderImages {
             items,
             classes,
             channels,
+            notes,
         })
     }
 
-    /// `root/<class>/…/<image>`: one class per subfolder, sorted by name (torchvision's
-    /// `ImageFolder`). With `only`, just those classes, indexed in the list's sorted order.
-    pub fn classified(
-        root: &Path,
-        channels: usize,
-        only: Option<&[String]>,
-    ) -> Result<Self, DataError> {
-        let mut classes: Vec<String> = read_dir_sorted(root)?
-            .into_iter()
-            .filter(|p| p.is_dir())
-            .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(String::from))
-            .collect();
-        if let Some(only) = only {
-            let mut wanted: Vec<String> = only.to_vec();
-            wanted.sort();
-            if let Some(missing) = wanted.iter().find(|c| !classes.contains(c)) {
-                return Err(DataError::NotFound {
-                    dataset: format!("class {missing}"),
-                    searched: vec![root.to_path_buf()],
-                    hint: "the class list names a folder that does not exist".into(),
-                });
+    /// `root/<class>/…/<image>`: one class per subfolder, labelled as `map` says.
+    pub fn classified(root: &Path, channels: usize, map: ClassMap) -> Result<Self, DataError> {
+        let (folders, files) = class_folders(root)?;
+        let mut walk = Walk {
+            ignored: files,
+            ..Walk::default()
+        };
+        let by_name: Vec<(String, PathBuf)> =
+            folders.into_iter().map(|p| (class_name(&p), p)).collect();
+        let label_of = |classes: &[String], name: &str| classes.iter().position(|c| c == name);
+        // (label, folder) pairs and the class names labels index.
+        let (labelled, classes): (Vec<(usize, PathBuf)>, Vec<String>) = match map {
+            ClassMap::Own => (
+                by_name
+                    .iter()
+                    .cloned()
+                    .enumerate()
+                    .map(|(i, (_, p))| (i, p))
+                    .collect(),
+                by_name.into_iter().map(|(n, _)| n).collect(),
+            ),
+            ClassMap::Only(only) => {
+                let mut wanted = only.to_vec();
+                wanted.sort();
+                wanted.dedup();
+                if let Some(missing) = wanted
+                    .iter()
+                    .find(|c| !by_name.iter().any(|(n, _)| n == *c))
+                {
+                    return Err(DataError::NotFound {
+                        dataset: format!("class {missing}"),
+                        searched: vec![root.to_path_buf()],
+                        hint: "the class list names a folder that does not exist".into(),
+                    });
+                }
+                let labelled = by_name
+                    .into_iter()
+                    .filter_map(|(n, p)| label_of(&wanted, &n).map(|i| (i, p)))
+                    .collect();
+                (labelled, wanted)
             }
-            classes = wanted;
+            ClassMap::SameAs(train) => {
+                if let Some((extra, _)) = by_name.iter().find(|(n, _)| label_of(train, n).is_none())
+                {
+                    return Err(DataError::Config(format!(
+                        "class folder `{extra}` of {} has no counterpart among the {} training \
+                         classes; validation classes are matched to training classes by name",
+                        root.display(),
+                        train.len()
+                    )));
+                }
+                let labelled = by_name
+                    .into_iter()
+                    .filter_map(|(n, p)| label_of(train, &n).map(|i| (i, p)))
+                    .collect();
+                (labelled, train.to_vec())
+            }
+            ClassMap::Within(list) => {
+                let mut wanted = list.to_vec();
+                wanted.sort();
+                wanted.dedup();
+                let labelled = by_name
+                    .into_iter()
+                    .filter_map(|(n, p)| label_of(&wanted, &n).map(|i| (i, p)))
+                    .collect();
+                (labelled, wanted)
+            }
+        };
+        if classes.len() > usize::from(u16::MAX) + 1 {
+            return Err(DataError::Config(format!(
+                "more than 65536 classes in {}",
+                root.display()
+            )));
         }
         let mut items = Vec::new();
-        for (label, class) in classes.iter().enumerate() {
-            let label = u16::try_from(label).map_err(|_| {
-                DataError::Config(format!("more than 65536 classes in {}", root.display()))
-            })?;
+        for (label, folder) in labelled {
             items.extend(
-                images_under(&root.join(class))?
+                walk.images_under(&folder)?
                     .into_iter()
-                    .map(|p| (p, Some(label))),
+                    .map(|p| (p, Some(label as u16))),
             );
         }
-        Self::build(root.display().to_string(), items, classes, channels, root)
+        let notes = walk.notes(root);
+        Self::build(
+            root.display().to_string(),
+            items,
+            classes,
+            channels,
+            root,
+            notes,
+        )
     }
 
     /// Every image under `root`, unlabelled.
     pub fn flat(root: &Path, channels: usize) -> Result<Self, DataError> {
-        let items = images_under(root)?.into_iter().map(|p| (p, None)).collect();
+        let mut walk = Walk::default();
+        let items = walk
+            .images_under(root)?
+            .into_iter()
+            .map(|p| (p, None))
+            .collect();
+        let notes = walk.notes(root);
         Self::build(
             root.display().to_string(),
             items,
             Vec::new(),
             channels,
             root,
+            notes,
         )
     }
 
-    /// `root` as class subfolders if it holds only folders, else as a flat unlabelled folder.
+    /// `root` as class subfolders if it holds folders and no image beside them (other files
+    /// there are ignored with a note), else as a flat unlabelled folder.
     pub fn auto(root: &Path, channels: usize) -> Result<Self, DataError> {
-        let entries = read_dir_sorted(root)?;
-        if !entries.is_empty() && entries.iter().all(|p| p.is_dir()) {
-            Self::classified(root, channels, None)
+        if has_class_folders(root)? {
+            Self::classified(root, channels, ClassMap::Own)
         } else {
             Self::flat(root, channels)
+        }
+    }
+
+    /// A validation folder labelled by the training split's classes when the training folder
+    /// has classes; otherwise as [`auto`](Self::auto).
+    pub fn validation(root: &Path, train_root: &Path, channels: usize) -> Result<Self, DataError> {
+        if train_root.is_dir() && has_class_folders(train_root)? && has_class_folders(root)? {
+            let train: Vec<String> = class_folders(train_root)?
+                .0
+                .iter()
+                .map(|p| class_name(p))
+                .collect();
+            Self::classified(root, channels, ClassMap::SameAs(&train))
+        } else {
+            Self::auto(root, channels)
         }
     }
 
     /// Tiny-ImageNet: `train/<wnid>/images/*.JPEG`, and `val/images/*.JPEG` labelled by
     /// `val/val_annotations.txt` (file, wnid, box). Classes are the sorted training folders.
     pub fn tiny_imagenet(root: &Path, train: bool, channels: usize) -> Result<Self, DataError> {
-        let train_set = Self::classified(&root.join("train"), channels, None)?;
+        let train_set = Self::classified(&root.join("train"), channels, ClassMap::Own)?;
         if train {
             return Ok(Self {
                 name: "tiny-imagenet/train".into(),
@@ -180,6 +334,7 @@ impl FolderImages {
             train_set.classes,
             channels,
             root,
+            Vec::new(),
         )
     }
 
@@ -221,6 +376,10 @@ impl ImageSource for FolderImages {
             .get(index)
             .map(|(p, _)| p.display().to_string())
             .unwrap_or_default()
+    }
+
+    fn notes(&self) -> Vec<String> {
+        self.notes.clone()
     }
 }
 

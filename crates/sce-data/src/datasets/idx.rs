@@ -8,6 +8,8 @@ use crate::datasets::memory::InMemoryImages;
 
 const IMAGES_MAGIC: u32 = 0x0000_0803;
 const LABELS_MAGIC: u32 = 0x0000_0801;
+/// The largest image side an IDX header may announce.
+const MAX_SIDE: usize = 4096;
 
 /// Reads a whole file, inflating it when it starts with the gzip magic bytes.
 pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
@@ -50,7 +52,21 @@ pub(crate) fn read_images(path: &Path) -> Result<(usize, usize, usize, Vec<u8>),
         be_u32(&bytes, 8) as usize,
         be_u32(&bytes, 12) as usize,
     );
-    let expected = 16 + n * rows * cols;
+    // Every header field is checked: an empty set or 0×0 images would train on nothing and
+    // score garbage; absurd sizes would overflow.
+    if n == 0 || rows == 0 || cols == 0 || rows > MAX_SIDE || cols > MAX_SIDE {
+        return Err(DataError::corrupt(
+            path,
+            format!(
+                "header announces {n} images of {rows}x{cols}; expected at least one image with \
+                 sides between 1 and {MAX_SIDE}"
+            ),
+        ));
+    }
+    let expected = n
+        .checked_mul(rows * cols)
+        .and_then(|b| b.checked_add(16))
+        .unwrap_or(usize::MAX);
     if bytes.len() != expected {
         return Err(DataError::corrupt(
             path,
@@ -84,6 +100,9 @@ pub(crate) fn read_labels(path: &Path, classes: usize) -> Result<Vec<u8>, DataEr
         ));
     }
     let n = be_u32(&bytes, 4) as usize;
+    if n == 0 {
+        return Err(DataError::corrupt(path, "header announces 0 labels"));
+    }
     if bytes.len() != 8 + n {
         return Err(DataError::corrupt(
             path,

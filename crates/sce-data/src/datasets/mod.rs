@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use cifar::write_cifar_records;
-pub use folder::{FolderImages, read_class_list};
+pub use folder::{ClassMap, FolderImages, read_class_list};
 pub use memory::InMemoryImages;
 
 use crate::augment::Normalization;
@@ -38,6 +38,11 @@ pub trait ImageSource: Send + Sync {
     fn channels(&self) -> usize;
     /// A path or `dataset/split#index`, for messages and embedding files.
     fn item_name(&self, index: usize) -> String;
+    /// What opening the split noticed that the user should hear about (files ignored, folders
+    /// listed once), one line each.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The first `len` images of another source (`--limit-train`).
@@ -71,6 +76,9 @@ impl ImageSource for Prefix {
     }
     fn item_name(&self, index: usize) -> String {
         self.inner.item_name(index)
+    }
+    fn notes(&self) -> Vec<String> {
+        self.inner.notes()
     }
 }
 
@@ -268,11 +276,16 @@ impl DatasetKind {
                     }
                     (None, _) => None,
                 };
-                Arc::new(FolderImages::classified(
-                    &dir,
-                    channels,
-                    classes.as_deref(),
-                )?)
+                Arc::new(match (&classes, train) {
+                    (Some(list), true) => {
+                        FolderImages::classified(&dir, channels, ClassMap::Only(list))?
+                    }
+                    (Some(list), false) => {
+                        FolderImages::classified(&dir, channels, ClassMap::Within(list))?
+                    }
+                    (None, true) => FolderImages::classified(&dir, channels, ClassMap::Own)?,
+                    (None, false) => FolderImages::validation(&dir, &base.join("train"), channels)?,
+                })
             }
             DatasetKind::Folder => {
                 let dir = if train {
@@ -280,7 +293,11 @@ impl DatasetKind {
                 } else {
                     base.join("val")
                 };
-                let dir = if train && !dir.is_dir() { base } else { dir };
+                let dir = if train && !dir.is_dir() {
+                    base.clone()
+                } else {
+                    dir
+                };
                 if !dir.is_dir() {
                     return Err(DataError::NotFound {
                         dataset: "folder validation split".into(),
@@ -288,7 +305,11 @@ impl DatasetKind {
                         hint: "add val/ with one subfolder per class to evaluate".into(),
                     });
                 }
-                Arc::new(FolderImages::auto(&dir, channels)?)
+                Arc::new(if train {
+                    FolderImages::auto(&dir, channels)?
+                } else {
+                    FolderImages::validation(&dir, &base.join("train"), channels)?
+                })
             }
         })
     }

@@ -340,6 +340,24 @@ impl TrainConfig {
         if self.augment.mean.is_some() != self.augment.std.is_some() {
             return bad("augment.mean", "give both mean and std, or neither".into());
         }
+        if let (Some(mean), Some(std)) = (&self.augment.mean, &self.augment.std) {
+            if mean.len() != std.len() || !(mean.len() == 1 || mean.len() == 3) {
+                return bad(
+                    "augment.std",
+                    format!(
+                        "mean has {} value(s) and std {}: give one per channel (1 or 3)",
+                        mean.len(),
+                        std.len()
+                    ),
+                );
+            }
+            if let Some(m) = mean.iter().find(|m| !m.is_finite()) {
+                return bad("augment.mean", format!("{m} is not a finite number"));
+            }
+            if let Some(s) = std.iter().find(|s| !positive(f64::from(**s))) {
+                return bad("augment.std", format!("{s} must be a finite number > 0"));
+            }
+        }
         let m = &self.model;
         if m.width == 0 {
             return bad("model.width", "must be >= 1".into());

@@ -2,8 +2,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use burn::tensor::{Device, Tensor};
-use sce_data::ImageSource;
 use sce_data::augment::EvalTransform;
+use sce_data::{ImageSource, SkipLog};
 use sce_model::ResNet;
 use serde::Serialize;
 
@@ -16,10 +16,25 @@ pub struct KnnResult {
     pub top5: f64,
 }
 
+/// The rank of the true class among the vote totals: how many other classes scored at least
+/// as much. A tie counts against the true class, so equal (or all-zero) votes never make a
+/// prediction correct.
+fn rank_of_truth(scores: &[f64], truth: usize) -> usize {
+    scores
+        .iter()
+        .enumerate()
+        .filter(|&(c, &s)| c != truth && s >= scores[truth])
+        .count()
+}
+
 /// Weighted cosine kNN (InstDisc protocol, as solo-learn): each of the `k` nearest bank
 /// features votes for its class with weight `exp(similarity / temperature)`. Features must be
 /// L2-normalised. Similarities and top-k run on the device, in chunks of queries; the votes are
-/// counted on the host.
+/// counted on the host, in float64, relative to each query's best similarity (the same ranking
+/// without overflow at small temperatures).
+///
+/// Errors on `k` = 0, a temperature that is not a finite number > 0, and non-finite
+/// similarities (features of NaN or infinite values): no accuracy is computed from garbage.
 pub fn knn_classify(
     bank: Tensor<2>,
     bank_labels: &[usize],
@@ -28,9 +43,18 @@ pub fn knn_classify(
     k: usize,
     temperature: f64,
     classes: usize,
-) -> KnnResult {
+) -> anyhow::Result<KnnResult> {
+    anyhow::ensure!(k >= 1, "kNN needs k >= 1 neighbours, got {k}");
+    anyhow::ensure!(
+        temperature.is_finite() && temperature > 0.0,
+        "the kNN temperature must be a finite number > 0, got {temperature}"
+    );
     let [n_bank, _] = bank.dims();
     let [n_query, _] = queries.dims();
+    anyhow::ensure!(
+        n_bank > 0 && n_query > 0,
+        "kNN needs a non-empty bank and test set ({n_bank} bank, {n_query} test features)"
+    );
     let k = k.min(n_bank);
     let bank_t = bank.transpose();
     let (mut top1, mut top5) = (0usize, 0usize);
@@ -41,23 +65,32 @@ pub fn knn_classify(
         let (values, indices) = sims.topk_with_indices(k, 1);
         let values: Vec<f32> = values.into_data().convert::<f32>().try_to_vec().unwrap();
         let indices: Vec<i64> = indices.into_data().convert::<i64>().try_to_vec().unwrap();
+        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+            anyhow::bail!(
+                "kNN similarities are not finite ({bad}) for test images {}..{}: the features \
+                 hold NaN or infinite values",
+                start,
+                start + len
+            );
+        }
         for q in 0..len {
+            let row = &values[q * k..(q + 1) * k];
+            let best = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
             let mut scores = vec![0.0f64; classes];
-            for j in 0..k {
+            for (j, &value) in row.iter().enumerate() {
                 let label = bank_labels[indices[q * k + j] as usize];
-                scores[label] += (values[q * k + j] as f64 / temperature).exp();
+                scores[label] += ((value as f64 - best) / temperature).exp();
             }
-            let truth = query_labels[start + q];
-            let better = scores.iter().filter(|&&s| s > scores[truth]).count();
-            top1 += usize::from(better == 0);
-            top5 += usize::from(better < 5);
+            let rank = rank_of_truth(&scores, query_labels[start + q]);
+            top1 += usize::from(rank == 0);
+            top5 += usize::from(rank < 5);
         }
     }
-    let pct = |c: usize| 100.0 * c as f64 / n_query.max(1) as f64;
-    KnnResult {
+    let pct = |c: usize| 100.0 * c as f64 / n_query as f64;
+    Ok(KnnResult {
         top1: pct(top1),
         top5: pct(top5),
-    }
+    })
 }
 
 /// kNN of a frozen trunk: features of a labelled bank (training images) classify a labelled
@@ -70,17 +103,20 @@ pub struct KnnEvaluator {
     pub k: usize,
     pub temperature: f64,
     pub device: Device,
+    /// `data.skip_corrupt` of the run.
+    pub skip: Arc<SkipLog>,
 }
 
 fn labels(
     source: &Arc<dyn ImageSource>,
     labels: Vec<Option<usize>>,
+    indices: Vec<usize>,
     role: &str,
 ) -> anyhow::Result<Vec<usize>> {
     labels
         .into_iter()
-        .enumerate()
-        .map(|(i, l)| {
+        .zip(indices)
+        .map(|(l, i)| {
             l.with_context(|| format!("{role} image {} has no label", source.item_name(i)))
         })
         .collect()
@@ -96,29 +132,26 @@ impl KnnEvaluator {
         &self,
         embed: &dyn Fn(Tensor<4>) -> Tensor<2>,
     ) -> anyhow::Result<KnnResult> {
-        let (bank, bank_labels) = extract_features(
-            &self.bank,
-            &self.transform,
-            self.batch_size,
-            &self.device,
-            embed,
-        )?;
-        let (test, test_labels) = extract_features(
-            &self.test,
-            &self.transform,
-            self.batch_size,
-            &self.device,
-            embed,
-        )?;
-        Ok(knn_classify(
-            bank,
-            &labels(&self.bank, bank_labels, "kNN bank")?,
-            test,
-            &labels(&self.test, test_labels, "kNN test")?,
+        let features = |source| {
+            extract_features(
+                source,
+                &self.transform,
+                self.batch_size,
+                &self.device,
+                &self.skip,
+                embed,
+            )
+        };
+        let (bank, test) = (features(&self.bank)?, features(&self.test)?);
+        knn_classify(
+            bank.features,
+            &labels(&self.bank, bank.labels, bank.indices, "kNN bank")?,
+            test.features,
+            &labels(&self.test, test.labels, test.indices, "kNN test")?,
             self.k,
             self.temperature,
             self.classes(),
-        ))
+        )
     }
 
     /// kNN of a trunk, which must be in evaluation mode on `self.device`.
@@ -163,10 +196,50 @@ mod tests {
         );
         let labels = [0, 0, 0, 1, 1];
         let queries = rows(&[[1.0, 0.0], [0.0, 1.0]], &device);
-        let r = knn_classify(bank.clone(), &labels, queries.clone(), &[0, 1], 5, 0.1, 2);
+        let r = knn_classify(bank.clone(), &labels, queries.clone(), &[0, 1], 5, 0.1, 2).unwrap();
         assert_eq!(r.top1, 100.0);
         // Swapped truth: both wrong at top-1, right at top-5 (only 2 classes).
-        let r = knn_classify(bank, &labels, queries, &[1, 0], 5, 0.1, 2);
+        let r = knn_classify(bank.clone(), &labels, queries.clone(), &[1, 0], 5, 0.1, 2).unwrap();
         assert_eq!((r.top1, r.top5), (0.0, 100.0));
+        // A tiny temperature would overflow exp(s / T); votes relative to the best do not.
+        let r = knn_classify(bank, &labels, queries, &[0, 1], 5, 1e-4, 2).unwrap();
+        assert_eq!(r.top1, 100.0);
+    }
+
+    /// Ties never count for the true class: identical features (every vote equal) score 0 %,
+    /// not 100 %, at top-1, whatever the labels.
+    #[test]
+    fn ties_count_against_the_truth() {
+        let device = Device::default();
+        let same = rows(&[[1.0, 0.0]; 4], &device);
+        let labels = [0, 1, 0, 1];
+        for truth in [0, 1] {
+            let r =
+                knn_classify(same.clone(), &labels, same.clone(), &[truth; 4], 4, 0.1, 2).unwrap();
+            assert_eq!(r.top1, 0.0, "truth {truth}");
+            assert_eq!(r.top5, 100.0);
+        }
+        assert_eq!(rank_of_truth(&[0.0, 0.0, 0.0], 0), 2);
+        assert_eq!(rank_of_truth(&[1.0, 2.0, 2.0], 1), 1);
+        assert_eq!(rank_of_truth(&[1.0, 3.0, 2.0], 1), 0);
+    }
+
+    #[test]
+    fn garbage_in_is_an_error_not_a_score() {
+        let device = Device::default();
+        let good = rows(&[[1.0, 0.0], [0.0, 1.0]], &device);
+        let nan = rows(&[[f32::NAN, 0.0], [0.0, f32::NAN]], &device);
+        let labels = [0, 1];
+        let run = |bank: &Tensor<2>, q: &Tensor<2>, k, t| {
+            knn_classify(bank.clone(), &labels, q.clone(), &labels, k, t, 2)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(run(&good, &nan, 2, 0.1).contains("not finite"));
+        assert!(run(&nan, &good, 2, 0.1).contains("not finite"));
+        assert!(run(&good, &good, 0, 0.1).contains("k >= 1"));
+        for t in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(run(&good, &good, 2, t).contains("temperature"), "{t}");
+        }
     }
 }

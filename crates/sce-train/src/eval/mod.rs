@@ -4,5 +4,5 @@
 mod features;
 mod knn;
 
-pub use features::extract_features;
+pub use features::{FeatureSet, extract_features};
 pub use knn::{KnnEvaluator, KnnResult, knn_classify};

@@ -1,12 +1,24 @@
-//! Checkpoint files: Burn's model/optimizer/scheduler records written atomically, plus our own
-//! JSON state, keyed by the global step so a mid-epoch stop can be saved too.
+//! Checkpoint files: Burn's model/optimizer/scheduler records plus our own manifest
+//! (`state-STEP.json`), keyed by the global step so a mid-epoch stop can be saved too.
+//!
+//! A checkpoint is complete only when its manifest exists, and the manifest is written last:
+//! after every record has been written, synced and renamed into place. The manifest records
+//! each record's length and CRC-32, so a truncated or damaged file is detected on load and
+//! the previous intact checkpoint used instead.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 
+use anyhow::{Context, anyhow};
 use burn::train::checkpoint::{
     Checkpoint, Checkpointer, CheckpointerError, CheckpointingAction, CheckpointingStrategy,
 };
 use burn::train::metric::store::EventStoreClient;
+use serde::{Deserialize, Serialize};
+
+use super::state::TrainState;
+use crate::config::TrainConfig;
 
 /// Names of the record files of one checkpoint.
 pub const RECORDS: [&str; 3] = ["model", "optim", "scheduler"];
@@ -19,8 +31,9 @@ pub fn state_path(dir: &Path, step: usize) -> PathBuf {
     dir.join(format!("state-{step}.json"))
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename: readers see the old file or
-/// the complete new one, never a partial write.
+/// Writes `bytes` to `path` through a temporary file and a rename, then syncs the directory:
+/// readers see the old file or the complete new one, never a partial write, and the new name
+/// survives a power loss once this returns.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".tmp-{}", std::process::id()));
@@ -30,7 +43,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        sync_dir(path.parent().unwrap_or(Path::new(".")))
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -38,28 +52,134 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
-/// Burn's file checkpointer, but atomic: each record is written to a temporary file and renamed.
+/// Makes a directory's entries (a rename, a new file) durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Length and CRC-32 of a record file as written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordInfo {
+    pub bytes: u64,
+    pub crc32: u32,
+}
+
+impl RecordInfo {
+    fn of(bytes: &[u8]) -> Self {
+        Self {
+            bytes: bytes.len() as u64,
+            crc32: crc32fast::hash(bytes),
+        }
+    }
+}
+
+/// The manifest of a checkpoint: where training stands, the records it consists of and the
+/// configuration it was trained with (to refuse a resume under a different one).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub state: TrainState,
+    pub records: BTreeMap<String, RecordInfo>,
+    pub config: TrainConfig,
+}
+
+/// One record write: record name, step, and its length and checksum or why it failed.
+type WriteReport = (String, usize, Result<RecordInfo, String>);
+
+/// Outcomes of the record writes, reported by Burn's checkpointer threads. Burn writes records
+/// asynchronously and reports failures only by interrupting training; this lets the run wait
+/// for its records and see each one's result before it writes the manifest.
+#[derive(Clone, Default)]
+pub struct SaveLog {
+    inner: Arc<(Mutex<Vec<WriteReport>>, Condvar)>,
+}
+
+impl SaveLog {
+    fn report(&self, name: &str, step: usize, result: Result<RecordInfo, String>) {
+        let (log, changed) = &*self.inner;
+        log.lock().unwrap().push((name.to_string(), step, result));
+        changed.notify_all();
+    }
+
+    /// Waits until every record of `step` is reported; their lengths and checksums, or the
+    /// first failure.
+    pub fn wait(&self, step: usize) -> anyhow::Result<BTreeMap<String, RecordInfo>> {
+        let (log, changed) = &*self.inner;
+        let mut log = log.lock().unwrap();
+        while log.iter().filter(|(_, s, _)| *s == step).count() < RECORDS.len() {
+            log = changed.wait(log).unwrap();
+        }
+        let mut records = BTreeMap::new();
+        let mut first_error = None;
+        log.retain(|(name, s, result)| {
+            if *s != step {
+                return true;
+            }
+            match result {
+                Ok(info) => {
+                    records.insert(name.clone(), *info);
+                }
+                Err(e) => {
+                    first_error.get_or_insert_with(|| e.clone());
+                }
+            }
+            false
+        });
+        match first_error {
+            Some(e) => Err(anyhow!("{e}")),
+            None => Ok(records),
+        }
+    }
+}
+
+/// Burn's file checkpointer, but atomic (temporary file + rename + sync) and reporting each
+/// write's outcome to a [`SaveLog`]. Deleting is left to the run, which deletes an old
+/// checkpoint only after a newer one is verified.
 pub struct AtomicCheckpointer {
     dir: PathBuf,
     name: &'static str,
+    log: SaveLog,
 }
 
 impl AtomicCheckpointer {
-    pub fn new(dir: &Path, name: &'static str) -> Self {
+    pub fn new(dir: &Path, name: &'static str, log: SaveLog) -> Self {
         Self {
             dir: dir.to_path_buf(),
             name,
+            log,
         }
     }
 }
 
 impl<R: Checkpoint> Checkpointer<R> for AtomicCheckpointer {
     fn save(&self, step: usize, record: R) -> Result<(), CheckpointerError> {
-        let bytes = record
-            .checkpoint_into_bytes()
-            .map_err(CheckpointerError::Record)?;
-        write_atomic(&record_path(&self.dir, self.name, step), &bytes)
-            .map_err(CheckpointerError::IOError)
+        let path = record_path(&self.dir, self.name, step);
+        // A panic while serialising must not kill the writer thread (the run would wait for
+        // its report forever): it becomes a failed save like any other.
+        let bytes = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            record.checkpoint_into_bytes()
+        }));
+        let result = match bytes {
+            Ok(Ok(bytes)) => write_atomic(&path, &bytes)
+                .map(|()| RecordInfo::of(&bytes))
+                .map_err(|e| format!("cannot write {}: {e}", path.display())),
+            Ok(Err(e)) => Err(format!("cannot serialise {}: {e}", path.display())),
+            Err(_) => Err(format!("serialising {} panicked", path.display())),
+        };
+        self.log.report(self.name, step, result.clone());
+        result
+            .map(|_| ())
+            .map_err(|e| CheckpointerError::IOError(std::io::Error::other(e)))
     }
 
     fn restore(&self, step: usize) -> Result<R, CheckpointerError> {
@@ -67,53 +187,42 @@ impl<R: Checkpoint> Checkpointer<R> for AtomicCheckpointer {
     }
 
     fn delete(&self, step: usize) -> Result<(), CheckpointerError> {
-        let path = record_path(&self.dir, self.name, step);
-        if path.exists() {
-            std::fs::remove_file(path).map_err(CheckpointerError::IOError)?;
-        }
-        Ok(())
+        remove_records(&self.dir, &[self.name], step).map_err(CheckpointerError::IOError)
     }
 }
 
-/// Save every checkpoint asked for; keep the newest `keep`.
-pub struct KeepLast {
-    keep: usize,
-    saved: Vec<usize>,
-}
-
-impl KeepLast {
-    pub fn new(keep: usize) -> Self {
-        Self {
-            keep: keep.max(1),
-            saved: Vec::new(),
+fn remove_records(dir: &Path, names: &[&str], step: usize) -> std::io::Result<()> {
+    for name in names {
+        match std::fs::remove_file(record_path(dir, name, step)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
         }
     }
+    Ok(())
+}
 
-    /// Checkpoints already on disk (a resumed run), oldest first, count towards `keep`.
-    pub fn seed(&mut self, existing: Vec<usize>) {
-        self.saved = existing;
+/// Deletes checkpoint `step`: its manifest first, so a half-deleted checkpoint never looks
+/// complete.
+pub fn delete_checkpoint(dir: &Path, step: usize) -> std::io::Result<()> {
+    match std::fs::remove_file(state_path(dir, step)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    remove_records(dir, &RECORDS, step)
+}
+
+/// Save every checkpoint the run asks for; the run itself deletes old ones once a newer one
+/// is verified (Burn would delete them while the new one may still fail to write).
+pub struct SaveWhenAsked;
+
+impl CheckpointingStrategy for SaveWhenAsked {
+    fn checkpointing(&mut self, _: usize, _: &EventStoreClient) -> Vec<CheckpointingAction> {
+        vec![CheckpointingAction::Save]
     }
 }
 
-impl KeepLast {
-    /// Save `step`, delete what falls out of the window.
-    fn plan(&mut self, step: usize) -> Vec<CheckpointingAction> {
-        self.saved.push(step);
-        let mut actions = vec![CheckpointingAction::Save];
-        while self.saved.len() > self.keep {
-            actions.push(CheckpointingAction::Delete(self.saved.remove(0)));
-        }
-        actions
-    }
-}
-
-impl CheckpointingStrategy for KeepLast {
-    fn checkpointing(&mut self, step: usize, _: &EventStoreClient) -> Vec<CheckpointingAction> {
-        self.plan(step)
-    }
-}
-
-/// Steps with a complete checkpoint (all records and the state file), newest last.
+/// Steps with a manifest, oldest first (the newest may still turn out damaged: see
+/// [`verify`]).
 pub fn complete_steps(dir: &Path) -> Vec<usize> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -127,40 +236,161 @@ pub fn complete_steps(dir: &Path) -> Vec<usize> {
                 .parse()
                 .ok()
         })
-        .filter(|&step| RECORDS.iter().all(|r| record_path(dir, r, step).is_file()))
         .collect();
     steps.sort_unstable();
     steps
+}
+
+/// Reads the manifest of checkpoint `step` and checks every record against it (length and
+/// CRC-32): an error says what is damaged.
+pub fn verify(dir: &Path, step: usize) -> anyhow::Result<Manifest> {
+    let path = state_path(dir, step);
+    let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a checkpoint manifest", path.display()))?;
+    for name in RECORDS {
+        let file = record_path(dir, name, step);
+        let expected = manifest
+            .records
+            .get(name)
+            .with_context(|| format!("{} lists no {name} record", path.display()))?;
+        let bytes =
+            std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        let actual = RecordInfo::of(&bytes);
+        anyhow::ensure!(
+            actual == *expected,
+            "{} is damaged: {} bytes with CRC-32 {:08x}, the manifest says {} bytes with {:08x}",
+            file.display(),
+            actual.bytes,
+            actual.crc32,
+            expected.bytes,
+            expected.crc32
+        );
+    }
+    Ok(manifest)
+}
+
+/// The newest checkpoint that verifies, with its step; damaged newer ones are reported through
+/// `warn`. Nothing is changed on disk (evaluation reads runs that may be training).
+pub fn newest_intact(dir: &Path, warn: &dyn Fn(String)) -> Option<(usize, Manifest)> {
+    for step in complete_steps(dir).into_iter().rev() {
+        match verify(dir, step) {
+            Ok(manifest) => return Some((step, manifest)),
+            Err(e) => warn(format!(
+                "warning: the checkpoint at step {step} is damaged ({e:#}); using the previous one"
+            )),
+        }
+    }
+    None
+}
+
+/// Renames the manifests of checkpoints after `step` (damaged ones a resumed run does not
+/// continue from) to `state-STEP.json.damaged`: they are kept for inspection but neither tried
+/// again nor mistaken for the run's position. Only the process holding the run's lock may.
+pub fn set_aside_after(dir: &Path, step: Option<usize>) -> std::io::Result<()> {
+    for later in complete_steps(dir)
+        .into_iter()
+        .filter(|&s| step.is_none_or(|step| s > step))
+    {
+        let state = state_path(dir, later);
+        let mut damaged = state.clone().into_os_string();
+        damaged.push(".damaged");
+        std::fs::rename(&state, &damaged)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_complete_sets_count_and_writes_are_atomic() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        for step in [10, 20] {
-            for r in RECORDS {
-                write_atomic(&record_path(d, r, step), b"x").unwrap();
-            }
+    fn manifest(records: BTreeMap<String, RecordInfo>) -> Vec<u8> {
+        let config = crate::config::load_config(&crate::config::ConfigSource {
+            path: Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/tiny.toml"),
+            overrides: Vec::new(),
+        })
+        .unwrap();
+        serde_json::to_vec(&Manifest {
+            state: TrainState::default(),
+            records,
+            config,
+        })
+        .unwrap()
+    }
+
+    /// Writes a checkpoint as the run does: records through the checkpointer, then the manifest.
+    fn save(dir: &Path, step: usize, log: &SaveLog) {
+        for name in RECORDS {
+            let bytes = format!("{name} at {step}").into_bytes();
+            let path = record_path(dir, name, step);
+            let result = write_atomic(&path, &bytes)
+                .map(|()| RecordInfo::of(&bytes))
+                .map_err(|e| e.to_string());
+            log.report(name, step, result);
         }
-        write_atomic(&state_path(d, 10), b"{}").unwrap();
-        // Step 20 has no state file yet; step 30 only a stray temporary file.
-        std::fs::write(d.join("model-30.bpk.tmp-1"), b"partial").unwrap();
-        assert_eq!(complete_steps(d), vec![10]);
-        write_atomic(&state_path(d, 20), b"{}").unwrap();
-        assert_eq!(complete_steps(d), vec![10, 20]);
+        let records = log.wait(step).unwrap();
+        write_atomic(&state_path(dir, step), &manifest(records)).unwrap();
     }
 
     #[test]
-    fn keep_last_deletes_the_oldest() {
-        let mut k = KeepLast::new(2);
-        k.seed(vec![4]);
-        assert_eq!(k.plan(8).len(), 1);
-        let actions = k.plan(12);
-        assert!(matches!(actions[1], CheckpointingAction::Delete(4)));
-        assert!(matches!(k.plan(16)[1], CheckpointingAction::Delete(8)));
+    fn a_manifest_makes_a_checkpoint_and_damage_falls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let log = SaveLog::default();
+        for step in [10, 20, 30] {
+            save(d, step, &log);
+        }
+        // Records of step 40 without a manifest, and a stray temporary file: not checkpoints.
+        for name in RECORDS {
+            write_atomic(&record_path(d, name, 40), b"x").unwrap();
+        }
+        std::fs::write(d.join("model-50.bpk.tmp-1"), b"partial").unwrap();
+        assert_eq!(complete_steps(d), vec![10, 20, 30]);
+        assert!(verify(d, 30).is_ok());
+
+        // Step 30's optimizer record truncated, step 20's manifest broken: back to step 10.
+        std::fs::write(record_path(d, "optim", 30), b"").unwrap();
+        std::fs::write(state_path(d, 20), b"{\"state\":").unwrap();
+        let warnings = Mutex::new(Vec::new());
+        let (step, _) = newest_intact(d, &|w| warnings.lock().unwrap().push(w)).unwrap();
+        assert_eq!(step, 10);
+        let warnings = warnings.into_inner().unwrap();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("step 30") && warnings[0].contains("optim-30.bpk"));
+        assert!(warnings[1].contains("step 20") && warnings[1].contains("manifest"));
+        // Reading changes nothing; the writer sets the damaged ones aside.
+        assert_eq!(complete_steps(d), vec![10, 20, 30]);
+        set_aside_after(d, Some(step)).unwrap();
+        assert_eq!(complete_steps(d), vec![10]);
+        assert!(d.join("state-30.json.damaged").is_file());
+        set_aside_after(d, None).unwrap();
+        assert!(complete_steps(d).is_empty());
+    }
+
+    #[test]
+    fn a_failed_record_write_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SaveLog::default();
+        let missing = dir.path().join("no-such-dir");
+        let checkpointer = AtomicCheckpointer::new(&missing, "model", log.clone());
+        let record = burn::optim::lr_scheduler::LrSchedulerRecord::new();
+        assert!(Checkpointer::save(&checkpointer, 7, record).is_err());
+        log.report("optim", 7, Ok(RecordInfo::of(b"")));
+        log.report("scheduler", 7, Ok(RecordInfo::of(b"")));
+        let error = log.wait(7).unwrap_err().to_string();
+        assert!(
+            error.contains("model-7.bpk") && error.contains("No such file"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn deleting_removes_the_manifest_first_and_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        save(d, 5, &SaveLog::default());
+        delete_checkpoint(d, 5).unwrap();
+        assert_eq!(std::fs::read_dir(d).unwrap().count(), 0);
+        delete_checkpoint(d, 5).unwrap();
     }
 }

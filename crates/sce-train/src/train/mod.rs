@@ -2,6 +2,7 @@
 
 mod checkpoint;
 mod console;
+mod continuity;
 mod plot;
 mod run_dir;
 mod signal;
@@ -20,17 +21,19 @@ use burn::tensor::Device;
 use burn::train::metric::{LearningRateMetric, LossMetric};
 use burn::train::{Interrupter, Learner, SupervisedTraining, TrainingStrategy};
 use sce_data::augment::{EvalTransform, Normalization, ViewPipeline};
-use sce_data::{DatasetKind, ImageSource, Locator, OpenOptions, Prefix, Split, ViewLoader};
+use sce_data::{
+    DatasetKind, ImageSource, Locator, OpenOptions, Prefix, SkipLog, Split, ViewLoader,
+};
 use sce_loss::{ResslLoss, SceLoss};
 use sce_model::{MlpConfig, MomentumPairConfig, ResNetConfig};
 
-pub use checkpoint::{RECORDS, complete_steps, record_path, state_path, write_atomic};
+pub use checkpoint::{Manifest, complete_steps, newest_intact, record_path, verify, write_atomic};
 pub use console::Console;
 pub use run_dir::{RunDir, Summary};
 pub use state::{EpochRow, TrainState};
 pub use strategy::{Ending, SceStrategy};
 
-use self::checkpoint::{AtomicCheckpointer, KeepLast};
+use self::checkpoint::{AtomicCheckpointer, SaveLog, SaveWhenAsked, set_aside_after};
 use crate::backend::parse_device;
 use crate::config::{ConfigSource, HeadSection, MethodName, TrainConfig, load_config};
 use crate::error::usage;
@@ -57,6 +60,10 @@ pub struct DataAccess {
     pub kind: DatasetKind,
     pub root: PathBuf,
     pub options: OpenOptions,
+    /// Where what opening a split noticed (ignored files, …) is said.
+    pub console: Console,
+    /// `data.skip_corrupt` for every image the run reads, and the images skipped.
+    pub skip: Arc<SkipLog>,
 }
 
 impl DataAccess {
@@ -69,9 +76,15 @@ impl DataAccess {
         let locator = Locator::from_env(data_dir, config.data.download);
         let mut progress = console.download_progress();
         let root = locator.resolve(kind, &mut progress)?;
+        let warn = {
+            let console = *console;
+            move |line: &str| console.line(line)
+        };
         Ok(Self {
             kind,
             root,
+            console: *console,
+            skip: Arc::new(SkipLog::new(config.data.skip_corrupt, Box::new(warn))),
             options: OpenOptions {
                 channels: config.data.channels,
                 class_list: config.data.class_list.clone(),
@@ -80,7 +93,11 @@ impl DataAccess {
     }
 
     pub fn open(&self, split: Split) -> anyhow::Result<Arc<dyn ImageSource>> {
-        Ok(self.kind.open(split, &self.root, &self.options)?)
+        let source = self.kind.open(split, &self.root, &self.options)?;
+        for note in source.notes() {
+            self.console.line(format!("note: {note}"));
+        }
+        Ok(source)
     }
 
     /// The labelled split used as a kNN memory bank / linear-probe training set.
@@ -163,15 +180,24 @@ pub fn knn_evaluator(
     device: &Device,
     console: &Console,
 ) -> anyhow::Result<Option<crate::eval::KnnEvaluator>> {
+    // Only a split that does not exist turns monitoring off; a split that exists but cannot
+    // be read (corrupt, classes that do not match training) is an error.
+    let off = |why: String| {
+        console.line(format!(
+            "note: no labelled {:?} split for {} ({why}); kNN monitoring is off",
+            config.data.test_split, data.kind
+        ));
+        Ok(None)
+    };
     let test = match data.open(config.data.test_split) {
         Ok(test) if test.num_classes() > 0 => test,
-        Ok(_) | Err(_) => {
-            console.line(format!(
-                "note: no labelled {:?} split for {}; kNN monitoring is off",
-                config.data.test_split, data.kind
-            ));
-            return Ok(None);
-        }
+        Ok(_) => return off("its images have no labels".into()),
+        Err(e) => match e.downcast_ref::<sce_data::DataError>() {
+            Some(not_found @ sce_data::DataError::NotFound { .. }) => {
+                return off(not_found.to_string());
+            }
+            _ => return Err(e),
+        },
     };
     let bank = data.labelled_train()?;
     let limit = |s: Arc<dyn ImageSource>, n: Option<usize>| -> Arc<dyn ImageSource> {
@@ -188,30 +214,22 @@ pub fn knn_evaluator(
         k: config.eval.knn_k,
         temperature: config.eval.knn_temperature,
         device: device.clone(),
+        skip: data.skip.clone(),
     }))
 }
 
-/// Loads the newest complete checkpoint of a run into the fresh learner parts.
+/// Loads checkpoint `step` (already verified, see [`newest_intact`]) into the fresh learner
+/// parts.
 fn restore(
     run: &RunDir,
+    step: usize,
+    state: TrainState,
     model: SceModel,
     optim: burn::optim::ModuleOptimizer,
     scheduler: &mut WarmupCosine,
 ) -> anyhow::Result<(SceModel, burn::optim::ModuleOptimizer, TrainState)> {
     use burn::optim::lr_scheduler::LrScheduler;
     let dir = run.checkpoints();
-    let step = *complete_steps(&dir).last().ok_or_else(|| {
-        usage(format!(
-            "{} holds no complete checkpoint to resume from",
-            dir.display()
-        ))
-    })?;
-    let state_file = state_path(&dir, step);
-    let state: TrainState = serde_json::from_slice(
-        &std::fs::read(&state_file)
-            .with_context(|| format!("cannot read {}", state_file.display()))?,
-    )
-    .with_context(|| format!("{} is not a training state", state_file.display()))?;
     let model_file = record_path(&dir, "model", step);
     let record = ModuleRecord::load(&model_file)
         .map_err(|e| anyhow!("cannot read {}: {e}", model_file.display()))?;
@@ -240,19 +258,48 @@ fn restore(
     Ok((SceModel { queue, ..model }, optim, state))
 }
 
+/// The checkpoint a resumed run continues from: the newest intact one, trained under a
+/// configuration compatible with `config`; `None` (the run restarts from step 0) when the run
+/// died before its first checkpoint.
+fn resume_point(
+    run: &RunDir,
+    config: &TrainConfig,
+    console: &Console,
+) -> anyhow::Result<Option<(usize, TrainState)>> {
+    let dir = run.checkpoints();
+    let newest = newest_intact(&dir, &|warning| console.line(warning));
+    set_aside_after(&dir, newest.as_ref().map(|(step, _)| *step))
+        .with_context(|| format!("cannot set damaged checkpoints aside in {}", dir.display()))?;
+    match newest {
+        Some((step, manifest)) => {
+            continuity::ensure_continuable(&manifest.config, config, &run.config_path(), step)?;
+            Ok(Some((step, manifest.state)))
+        }
+        None => {
+            console.line(format!(
+                "note: {} holds no intact checkpoint; starting the run from step 0 with its \
+                 recorded configuration",
+                dir.display()
+            ));
+            Ok(None)
+        }
+    }
+}
+
 /// Trains (or continues) a run and returns its summary.
 pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
     let console = args.console;
-    let (config, existing_run) = match &args.resume {
+    let (config, existing_run, resume_from) = match &args.resume {
         Some(dir) => {
-            let run = RunDir::open(dir.clone())?;
+            let run = RunDir::open_locked(dir.clone())?;
             let config = load_config(&ConfigSource {
                 path: run.config_path(),
                 overrides: args.source.overrides.clone(),
             })?;
-            (config, Some(run))
+            let resume_from = resume_point(&run, &config, &console)?;
+            (config, Some(run), resume_from)
         }
-        None => (load_config(&args.source)?, None),
+        None => (load_config(&args.source)?, None, None),
     };
     let devices = if args.devices.is_empty() {
         vec![parse_device(&args.device)?]
@@ -282,6 +329,7 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
         train_source = Arc::new(Prefix::new(train_source, limit));
     }
     let channels = train_source.channels();
+    check_channels(&config, channels, data.kind)?;
     let norm = normalization(&config, data.kind, channels);
     let pipeline = ViewPipeline::new(config.views(), norm.clone())?;
     let loader = ViewLoader::new(
@@ -294,7 +342,7 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
             seed: config.run.seed,
             threads: config.data.threads,
             prefetch: config.data.prefetch,
-            skip_corrupt: config.data.skip_corrupt,
+            skip: data.skip.clone(),
         },
         train_device.clone(),
     )?;
@@ -342,10 +390,9 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
     let peak = config.optim.lr * config.run.batch_size as f64 / 256.0;
     let warmup = (config.optim.warmup_epochs * steps_per_epoch as f64).round() as usize;
     let mut scheduler = WarmupCosine::new(peak, warmup, total_steps);
-    let (model, optim, state) = if args.resume.is_some() {
-        restore(&run, model, optim, &mut scheduler)?
-    } else {
-        (model, optim, TrainState::fresh(config.run.seed))
+    let (model, optim, state) = match resume_from {
+        Some((step, state)) => restore(&run, step, state, model, optim, &mut scheduler)?,
+        None => (model, optim, TrainState::fresh(config.run.seed)),
     };
     if state.epoch >= config.run.epochs {
         console.line(format!(
@@ -375,6 +422,7 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
 
     let checkpoints = run.checkpoints();
     let existing = complete_steps(&checkpoints);
+    let saves = SaveLog::default();
     let strategy = Arc::new(SceStrategy {
         devices: train_devices,
         loader: loader.clone(),
@@ -385,22 +433,22 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
         batch_size: config.run.batch_size,
         knn_every: config.eval.knn_every,
         checkpoint_every: config.run.checkpoint_every,
-        saved: Mutex::new(existing.clone()),
+        saved: Mutex::new(existing),
+        saves: saves.clone(),
+        config: config.clone(),
         state: Mutex::new(state),
         outcome: Mutex::new(None),
     });
     let interrupter = Interrupter::new();
     signal::route_signals_to(&interrupter);
-    let mut keep = KeepLast::new(2);
-    keep.seed(existing);
     let training = SupervisedTraining::new(&run.path, Arc::new(loader.clone()), Arc::new(loader))
         .with_training_strategy(TrainingStrategy::Custom(strategy.clone()))
         .with_custom_checkpointers(
-            AtomicCheckpointer::new(&checkpoints, "model"),
-            AtomicCheckpointer::new(&checkpoints, "optim"),
-            AtomicCheckpointer::new(&checkpoints, "scheduler"),
+            AtomicCheckpointer::new(&checkpoints, "model", saves.clone()),
+            AtomicCheckpointer::new(&checkpoints, "optim", saves.clone()),
+            AtomicCheckpointer::new(&checkpoints, "scheduler", saves),
         )
-        .with_checkpointing_strategy(keep)
+        .with_checkpointing_strategy(SaveWhenAsked)
         .renderer(Box::new(crate::quiet::QuietRenderer))
         .with_interrupter(interrupter)
         .metrics((LossMetric::new(),))
@@ -416,8 +464,17 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
         .take()
         .unwrap_or_else(|| Err(anyhow!("training did not run")));
     let state = strategy.state.lock().unwrap().clone();
-    for skipped in strategy.loader.skipped() {
-        console.line(format!("skipped unreadable image: {skipped}"));
+    let skipped: Vec<String> = data
+        .skip
+        .skipped()
+        .into_iter()
+        .map(|(_, why)| why)
+        .collect();
+    if !skipped.is_empty() {
+        console.line(format!(
+            "{} unreadable image(s) were skipped; listed in summary.json",
+            skipped.len()
+        ));
     }
     match outcome? {
         Ending::Interrupted => Err(anyhow!(
@@ -433,6 +490,14 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
                 .history
                 .last()
                 .ok_or_else(|| anyhow!("no epoch completed"))?;
+            // A summary speaks for a run whose final checkpoint is on disk, never past it.
+            verify(&checkpoints, state.global_step).with_context(|| {
+                format!(
+                    "the final checkpoint (step {}) of {} is not intact",
+                    state.global_step,
+                    run.path.display()
+                )
+            })?;
             let summary = Summary {
                 run_dir: run.path.clone(),
                 method: format!("{:?}", config.method.name).to_lowercase(),
@@ -445,11 +510,36 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
                 knn_top1_initial: state.knn_initial,
                 images_per_s: state.train_images as f64 / state.train_seconds.max(1e-9),
                 seconds: state.wall_seconds,
+                skipped,
             };
             run.write_summary(&summary)?;
             Ok(summary)
         }
     }
+}
+
+/// `data.channels` and `augment.mean/std` must describe the images the run reads: evaluation
+/// and export rebuild the network from the configuration, so a disagreement would train, then
+/// fail (or mislead) later.
+fn check_channels(config: &TrainConfig, channels: usize, kind: DatasetKind) -> anyhow::Result<()> {
+    if let Some(c) = config.data.channels
+        && c != channels
+    {
+        return Err(usage(format!(
+            "`data.channels` = {c}, but {kind} images have {channels} channel(s); set it to \
+             {channels} or remove it"
+        )));
+    }
+    if let Some(mean) = &config.augment.mean
+        && mean.len() != channels
+    {
+        return Err(usage(format!(
+            "`augment.mean`/`augment.std` have {} value(s), but {kind} images have {channels} \
+             channel(s)",
+            mean.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Image channels a configuration trains on.
@@ -472,9 +562,9 @@ pub fn load_run(
         overrides: Vec::new(),
     })?;
     let dir = run.checkpoints();
-    let step = *complete_steps(&dir).last().ok_or_else(|| {
+    let (step, _) = newest_intact(&dir, &|warning| eprintln!("{warning}")).ok_or_else(|| {
         usage(format!(
-            "{} holds no complete checkpoint (train it first)",
+            "{} holds no intact checkpoint (train it first)",
             dir.display()
         ))
     })?;

@@ -1,8 +1,11 @@
 //! The run directory: resolved config, checkpoints, metrics, plot and summary.
 
+use std::fs::File;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::write_atomic;
@@ -25,11 +28,49 @@ pub struct Summary {
     pub images_per_s: f64,
     /// Wall time of the run, evaluation included.
     pub seconds: f64,
+    /// Unreadable images skipped in this session (`data.skip_corrupt`), each with the reason.
+    #[serde(default)]
+    pub skipped: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
 pub struct RunDir {
     pub path: PathBuf,
+    /// Held while this process writes the run (see [`RunDir::lock`]).
+    _lock: Option<Arc<File>>,
+}
+
+/// Takes the run directory's lock file: an OS file lock held until the process ends (so a
+/// process that died leaves no stale lock), with the holder's PID written inside for the
+/// message another process gets.
+fn lock(dir: &Path) -> anyhow::Result<Arc<File>> {
+    let path = dir.join("lock");
+    let mut file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(anyhow!(
+                "{} is in use by another sce-train process (PID {}); wait for it to end or stop                  it first",
+                dir.display(),
+                holder.trim()
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(anyhow!("cannot lock {}: {e}", path.display()));
+        }
+    }
+    file.set_len(0)
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(Arc::new(file))
 }
 
 impl RunDir {
@@ -48,8 +89,11 @@ impl RunDir {
             .expect("an unused run name exists")
     }
 
-    /// Creates a fresh run directory; refuses one that already holds a run.
+    /// Creates a fresh run directory and locks it; refuses one that already holds a run.
     pub fn create(path: PathBuf) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(path.join("checkpoints"))
+            .with_context(|| format!("cannot create run directory {}", path.display()))?;
+        let lock = lock(&path)?;
         if path.join("config.toml").exists() {
             return Err(crate::error::usage(format!(
                 "{} already holds a run; pass --resume {} to continue it or choose another --output",
@@ -57,9 +101,10 @@ impl RunDir {
                 path.display()
             )));
         }
-        std::fs::create_dir_all(path.join("checkpoints"))
-            .with_context(|| format!("cannot create run directory {}", path.display()))?;
-        Ok(Self { path })
+        Ok(Self {
+            path,
+            _lock: Some(lock),
+        })
     }
 
     pub fn open(path: PathBuf) -> anyhow::Result<Self> {
@@ -69,7 +114,19 @@ impl RunDir {
                 path.display()
             )));
         }
-        Ok(Self { path })
+        Ok(Self { path, _lock: None })
+    }
+
+    /// An existing run, locked for writing: a second process writing it is refused.
+    pub fn open_locked(path: PathBuf) -> anyhow::Result<Self> {
+        let run = Self::open(path)?;
+        std::fs::create_dir_all(run.checkpoints())
+            .with_context(|| format!("cannot create {}", run.checkpoints().display()))?;
+        let lock = lock(&run.path)?;
+        Ok(Self {
+            _lock: Some(lock),
+            ..run
+        })
     }
 
     pub fn checkpoints(&self) -> PathBuf {
@@ -115,5 +172,27 @@ impl RunDir {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         Ok(serde_json::from_str(&text)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_locked_run_refuses_a_second_writer_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run");
+        let run = RunDir::create(path.clone()).unwrap();
+        std::fs::write(run.config_path(), "").unwrap();
+        let error = RunDir::open_locked(path.clone()).unwrap_err().to_string();
+        let pid = std::process::id().to_string();
+        assert!(error.contains("in use") && error.contains(&pid), "{error}");
+        // Readers (evaluation) need no lock.
+        assert!(RunDir::open(path.clone()).is_ok());
+        drop(run);
+        // The lock file stays behind, like one left by a killed process: it is no obstacle.
+        assert!(path.join("lock").is_file());
+        assert!(RunDir::open_locked(path).is_ok());
     }
 }

@@ -26,7 +26,7 @@ use burn::train::{
 use sce_data::ViewLoader;
 use sce_model::params::sync_buffers;
 
-use super::checkpoint::{state_path, write_atomic};
+use super::checkpoint::{Manifest, SaveLog, delete_checkpoint, state_path, write_atomic};
 use super::console::Console;
 use super::plot::plot_history;
 use super::run_dir::RunDir;
@@ -55,6 +55,10 @@ pub struct SceStrategy {
     pub checkpoint_every: usize,
     /// Steps whose checkpoint exists, oldest first (the newest two are kept).
     pub saved: Mutex<Vec<usize>>,
+    /// Outcomes of the record writes of Burn's checkpointer.
+    pub saves: SaveLog,
+    /// The run's configuration, recorded in every checkpoint's manifest.
+    pub config: crate::config::TrainConfig,
     pub state: Mutex<TrainState>,
     pub outcome: Mutex<Option<anyhow::Result<Ending>>>,
 }
@@ -67,10 +71,15 @@ impl SceStrategy {
             return Ok(None);
         };
         let model = learner.model().valid();
-        let result = evaluator.evaluate(&model.pair.online().trunk)?;
+        let result = evaluator
+            .evaluate(&model.pair.online().trunk)
+            .with_context(|| format!("kNN evaluation of {}", self.run.path.display()))?;
         Ok(Some(result.top1))
     }
 
+    /// Saves a checkpoint and returns only once it is complete and durable: Burn's threads
+    /// write the records, this waits for each one's outcome, then writes the manifest. Only
+    /// then are checkpoints older than the newest two deleted. Any failure ends the run.
     fn save(
         &self,
         learner: &Learner<SceModel>,
@@ -86,16 +95,31 @@ impl SceStrategy {
         sync_buffers(&model);
         state.queue_ptr = model.queue.ptr();
         let step = state.global_step;
-        checkpointer.checkpoint(learner, step, store);
         let dir = self.run.checkpoints();
-        let json = serde_json::to_vec_pretty(state)?;
-        write_atomic(&state_path(&dir, step), &json)
-            .with_context(|| format!("cannot write a checkpoint into {}", dir.display()))?;
+        let not_saved =
+            |e: anyhow::Error| anyhow!("cannot save the checkpoint at step {step}: {e:#}");
+        checkpointer.checkpoint(learner, step, store);
+        let records = self.saves.wait(step).map_err(not_saved)?;
+        let manifest = Manifest {
+            state: state.clone(),
+            records,
+            config: self.config.clone(),
+        };
+        let path = state_path(&dir, step);
+        write_atomic(&path, &serde_json::to_vec_pretty(&manifest)?)
+            .map_err(|e| not_saved(anyhow!("cannot write {}: {e}", path.display())))?;
         let mut saved = self.saved.lock().unwrap();
-        saved.push(step);
+        if saved.last() != Some(&step) {
+            saved.push(step);
+        }
         while saved.len() > 2 {
             let old = saved.remove(0);
-            let _ = std::fs::remove_file(state_path(&dir, old));
+            if let Err(e) = delete_checkpoint(&dir, old) {
+                self.console.line(format!(
+                    "warning: cannot delete the old checkpoint at step {old} in {}: {e}",
+                    dir.display()
+                ));
+            }
         }
         Ok(())
     }

@@ -1,0 +1,92 @@
+//! Folder discovery gives the data the user meant: stray files are ignored with a note,
+//! non-UTF-8 names are kept, symbolic-link loops do not multiply images, and validation
+//! classes are matched to training classes by name.
+
+use std::path::Path;
+
+use sce_data::{DatasetKind, ImageSource, OpenOptions, Split};
+
+fn image(path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    image::RgbImage::new(4, 4).save(path).unwrap();
+}
+
+fn open(root: &Path, split: Split) -> Result<std::sync::Arc<dyn ImageSource>, String> {
+    DatasetKind::Folder
+        .open(split, root, &OpenOptions::default())
+        .map_err(|e| e.to_string())
+}
+
+fn labels(set: &dyn ImageSource) -> Vec<Option<usize>> {
+    (0..set.len()).map(|i| set.get(i).unwrap().label).collect()
+}
+
+#[test]
+fn a_stray_file_beside_class_folders_is_ignored_with_a_note() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("train");
+    image(&train.join("cat/a.png"));
+    image(&train.join("dog/b.png"));
+    std::fs::write(train.join("README.txt"), "about these images").unwrap();
+    std::fs::write(train.join("dog/labels.csv"), "b,dog").unwrap();
+    let set = open(dir.path(), Split::Train).unwrap();
+    assert_eq!(set.num_classes(), 2, "still labelled by class folders");
+    assert_eq!(labels(set.as_ref()), [Some(0), Some(1)]);
+    let notes = set.notes();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].contains("ignored 2 file(s)") && notes[0].contains("README.txt"),
+        "{notes:?}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn non_utf8_names_are_kept_and_symlink_loops_listed_once() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("train");
+    let odd = train.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    image(&odd.join("a.png"));
+    image(&train.join("dog/b.png"));
+    image(&train.join("dog/inner/c.png"));
+    // A loop back to the class folder, and a second link to the same folder.
+    std::os::unix::fs::symlink(train.join("dog"), train.join("dog/inner/loop")).unwrap();
+    std::os::unix::fs::symlink(train.join("dog/inner"), train.join("dog/again")).unwrap();
+    let set = open(dir.path(), Split::Train).unwrap();
+    assert_eq!(set.num_classes(), 2, "the non-UTF-8 class is not dropped");
+    assert_eq!(
+        set.len(),
+        3,
+        "each image once: {:?}",
+        (0..set.len()).map(|i| set.item_name(i)).collect::<Vec<_>>()
+    );
+    assert_eq!(labels(set.as_ref()), [Some(0), Some(1), Some(1)]);
+    let notes = set.notes().join("\n");
+    assert!(
+        notes.contains("already listed") && notes.contains("symbolic"),
+        "{notes}"
+    );
+}
+
+#[test]
+fn validation_classes_are_matched_to_training_classes_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for class in ["cat", "dog", "fox"] {
+        image(&dir.path().join(format!("train/{class}/t.png")));
+    }
+    // val/ lacks `cat`: `dog` and `fox` keep their training labels 1 and 2.
+    image(&dir.path().join("val/dog/v.png"));
+    image(&dir.path().join("val/fox/v.png"));
+    let val = open(dir.path(), Split::Test).unwrap();
+    assert_eq!(val.num_classes(), 3);
+    assert_eq!(labels(val.as_ref()), [Some(1), Some(2)]);
+
+    // A class only in val/ is an error naming it.
+    image(&dir.path().join("val/wolf/v.png"));
+    let err = open(dir.path(), Split::Test).err().unwrap();
+    assert!(
+        err.contains("`wolf`") && err.contains("training classes"),
+        "{err}"
+    );
+}
