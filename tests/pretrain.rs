@@ -336,6 +336,20 @@ fn failed_saves_are_loud_and_damaged_checkpoints_fall_back() {
     std::fs::write(&config, text.replace("batch_size = 128", "batch_size = 64")).unwrap();
     let out = resume(&data, &run);
     assert_clean_failure(&out, 2, &["run.batch_size", "128 → 64", "changed since"]);
+    // --force continues anyway, saying what changed (here: nothing left to train).
+    let out = sce_train()
+        .args(["pretrain", "--force", "--resume"])
+        .arg(&run)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("run.batch_size") && err.contains("--force"),
+        "{err}"
+    );
 }
 
 /// A run killed before its first checkpoint restarts from step 0 under `--resume` (instead of
@@ -371,4 +385,93 @@ fn a_run_killed_before_its_first_checkpoint_restarts_and_has_one_writer() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("starting the run from step 0"), "{err}");
     assert_eq!(json_line(&out)["steps"], 16);
+}
+
+/// A 2-class image folder (`train/` and `val/`, 24 and 8 images) with one truncated JPEG in
+/// each split.
+fn folder_with_corrupt_images(root: &Path) {
+    for (split, count) in [("train", 12), ("val", 4)] {
+        for (c, class) in ["circle", "square"].iter().enumerate() {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..count {
+                let img = image::RgbImage::from_fn(32, 32, |x, y| {
+                    let v = ((x * 7 + y * 3 + i * 11) % 256) as u8;
+                    image::Rgb([v, (c as u8) * 200, 255 - v])
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+        std::fs::write(
+            root.join(split).join("circle/broken.jpg"),
+            b"\xff\xd8\xff\xe0 cut",
+        )
+        .unwrap();
+    }
+}
+
+/// `data.skip_corrupt` holds for training and every evaluation: the run finishes, each
+/// unreadable image is warned about as it is met and listed in summary.json; `knn` on the run
+/// skips too. Without the key, the first unreadable image stops the run naming it.
+#[test]
+fn skip_corrupt_holds_for_training_and_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("images");
+    folder_with_corrupt_images(&data);
+    let folder_run = |run: &Path, extra: &[&str]| {
+        sce_train()
+            .args([
+                "pretrain",
+                "--config",
+                "configs/tiny.toml",
+                "--json",
+                "--data-dir",
+            ])
+            .arg(&data)
+            .arg("--output")
+            .arg(run)
+            .args([
+                "--set",
+                "data.dataset=folder",
+                "--batch-size",
+                "8",
+                "--epochs",
+                "1",
+                "--set",
+                "optim.warmup_epochs=0",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let strict = folder_run(&dir.path().join("strict"), &[]);
+    assert_clean_failure(&strict, 1, &["broken.jpg"]);
+
+    let run = dir.path().join("skip");
+    let out = folder_run(&run, &["--set", "data.skip_corrupt=true"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        err.matches("warning: skipped unreadable image").count(),
+        2,
+        "each image warned once: {err}"
+    );
+    let skipped = summary(&run)["skipped"].as_array().unwrap().clone();
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert!(
+        skipped
+            .iter()
+            .all(|s| s.as_str().unwrap().contains("broken.jpg"))
+    );
+
+    let out = sce_train()
+        .args(["knn", "--k", "5", "--checkpoint"])
+        .arg(&run)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("skipped unreadable image"), "{err}");
 }

@@ -1,5 +1,6 @@
-//! Fetching datasets from their canonical addresses: md5-verified, written to a temporary file
-//! and renamed, so an interrupted or corrupted download never looks complete.
+//! Fetching datasets from their canonical addresses: md5-verified, written to a partial file
+//! and renamed, so an interrupted or corrupted download never looks complete; an interrupted
+//! one is continued (HTTP Range) by the next attempt.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -139,11 +140,28 @@ pub fn remote(kind: DatasetKind) -> Option<Remote> {
 /// Download progress: bytes received so far and the total, when the server says it.
 pub type Progress<'a> = &'a mut dyn FnMut(&str, u64, Option<u64>);
 
-/// A path next to `path` that no other process uses, for a write-then-rename.
-pub fn temp_sibling(path: &Path) -> PathBuf {
+/// The partial download of `path`: kept when a download is interrupted (a dropped
+/// connection, a stall, a killed process) and continued by the next attempt. Only one process
+/// downloads into a folder at a time (see [`lock_dir`]), so the name can be fixed.
+pub fn partial_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".part-{}", std::process::id()));
+    name.push(".partial");
     path.with_file_name(name)
+}
+
+/// Locks `dir` for downloading: an OS file lock on `dir/.download.lock`, held until the
+/// returned file is dropped (or the process ends). A second job sharing the cache waits.
+pub fn lock_dir(dir: &Path) -> Result<std::fs::File, DataError> {
+    std::fs::create_dir_all(dir).map_err(DataError::io(dir))?;
+    let path = dir.join(".download.lock");
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(DataError::io(&path))?;
+    file.lock().map_err(DataError::io(&path))?;
+    Ok(file)
 }
 
 /// md5 of a file, as lowercase hex.
@@ -154,13 +172,30 @@ pub fn file_md5(path: &Path) -> Result<String, DataError> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
-/// Downloads `url` to `dest` if its md5 is `md5`. The bytes go to a temporary file that is
-/// renamed only after the checksum matched; on any failure it is removed.
+/// How long a download may receive nothing before it is abandoned (and later resumed).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Downloads `url` to `dest` if its md5 is `md5`; see [`download_file_with`].
 pub fn download_file(
     url: &str,
     dest: &Path,
     md5: &str,
     progress: Progress,
+) -> Result<(), DataError> {
+    download_file_with(url, dest, md5, progress, IDLE_TIMEOUT)
+}
+
+/// Downloads `url` to `dest` if its md5 is `md5`. The bytes go to [`partial_path`], which is
+/// renamed only after the checksum matched. A transfer that receives nothing for `idle` (not
+/// a total budget: a slow link is fine) stops with an error and keeps the partial file; the
+/// next call continues it with an HTTP Range request (or starts over if the server ignores
+/// ranges). A complete file with the wrong checksum is removed.
+pub fn download_file_with(
+    url: &str,
+    dest: &Path,
+    md5: &str,
+    progress: Progress,
+    idle: Duration,
 ) -> Result<(), DataError> {
     let fail = |reason: String| DataError::Download {
         url: url.to_string(),
@@ -168,47 +203,76 @@ pub fn download_file(
     };
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(20)))
-        .timeout_recv_body(Some(Duration::from_secs(60)))
+        .timeout_recv_response(Some(idle))
+        .timeout_per_read(Some(idle))
+        .http_status_as_error(false)
         .build()
         .into();
-    let response = agent.get(url).call().map_err(|e| fail(e.to_string()))?;
-    let total = response
+    let part = partial_path(dest);
+    let offset = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    let mut request = agent.get(url);
+    if offset > 0 {
+        request = request.header("Range", format!("bytes={offset}-"));
+    }
+    let response = request.call().map_err(|e| fail(e.to_string()))?;
+    let status = response.status().as_u16();
+    let resumed = match status {
+        206 if offset > 0 => true,
+        200 => false,
+        // The partial file already holds everything the server has.
+        416 if offset > 0 => return finish(&part, dest, md5),
+        _ => return Err(fail(format!("HTTP status {status}"))),
+    };
+    let length = response
         .headers()
         .get("content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let start = if resumed { offset } else { 0 };
+    let total = length.map(|l| l + start);
     let mut reader = response.into_body().into_reader();
-    let tmp = temp_sibling(dest);
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp).map_err(DataError::io(&tmp))?;
-        let mut hasher = Md5::new();
-        let mut buf = vec![0u8; 1 << 16];
-        let mut received = 0u64;
-        loop {
-            let n = reader.read(&mut buf).map_err(|e| fail(e.to_string()))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            file.write_all(&buf[..n]).map_err(DataError::io(&tmp))?;
-            received += n as u64;
-            progress(url, received, total);
+    let mut file = std::fs::File::options()
+        .create(true)
+        .write(true)
+        .append(resumed)
+        .truncate(!resumed)
+        .open(&part)
+        .map_err(DataError::io(&part))?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut received = start;
+    progress(url, received, total);
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| {
+            fail(format!(
+                "{e} after {received} bytes; the partial file {} is kept and the next attempt \
+                 continues it",
+                part.display()
+            ))
+        })?;
+        if n == 0 {
+            break;
         }
-        file.sync_all().map_err(DataError::io(&tmp))?;
-        let actual = format!("{:x}", hasher.finalize());
-        if actual != md5 {
-            return Err(DataError::Checksum {
-                path: dest.to_path_buf(),
-                expected: md5.to_string(),
-                actual,
-            });
-        }
-        std::fs::rename(&tmp, dest).map_err(DataError::io(dest))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        file.write_all(&buf[..n]).map_err(DataError::io(&part))?;
+        received += n as u64;
+        progress(url, received, total);
     }
-    result
+    file.sync_all().map_err(DataError::io(&part))?;
+    drop(file);
+    finish(&part, dest, md5)
+}
+
+/// Checks a complete download and moves it under its final name, or removes it.
+fn finish(part: &Path, dest: &Path, md5: &str) -> Result<(), DataError> {
+    let actual = file_md5(part)?;
+    if actual != md5 {
+        let _ = std::fs::remove_file(part);
+        return Err(DataError::Checksum {
+            path: dest.to_path_buf(),
+            expected: md5.to_string(),
+            actual,
+        });
+    }
+    std::fs::rename(part, dest).map_err(DataError::io(dest))
 }
 
 /// Downloads every file of `remote` into `dir` (trying each base URL in turn) and unpacks
@@ -260,7 +324,7 @@ pub fn fetch(
 /// Extracts an archive into a temporary folder of `dir`, then moves its top-level entries into
 /// `dir`, so a partial extraction never sits under the final names.
 fn unpack(archive: &Path, dir: &Path, kind: Unpack) -> Result<(), DataError> {
-    let staging = temp_sibling(&dir.join(".extract"));
+    let staging = dir.join(".extract.partial");
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(DataError::io(&staging))?;
     let result = (|| {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use crate::DataError;
 use crate::datasets::DatasetKind;
-use crate::download::{Progress, fetch, remote};
+use crate::download::{Progress, fetch, lock_dir, remote};
 
 /// Where to look and whether to download.
 #[derive(Clone, Debug, Default)]
@@ -79,6 +79,11 @@ impl Locator {
         let layout = format!("Expected {}.", kind.expected_layout());
         match (remote(kind), target) {
             (Some(remote), Some(target)) if self.download => {
+                // One job downloads into a folder at a time; a job that waited finds the data.
+                let _lock = lock_dir(&target)?;
+                if kind.present(&target) {
+                    return Ok(target);
+                }
                 match fetch(&remote, &target, self.mirror.as_deref(), progress) {
                     Ok(()) if kind.present(&target) => Ok(target),
                     Ok(()) => Err(not_found(format!(

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 
-use sce_data::download::{Remote, RemoteFile, Unpack, download_file, fetch, file_md5};
+use sce_data::download::{
+    Remote, RemoteFile, Unpack, download_file, download_file_with, fetch, file_md5,
+};
 use sce_data::{DatasetKind, Locator, OpenOptions, Split};
 
 /// Serves `files` (path → bytes) on 127.0.0.1 from a background thread; returns the base URL.
@@ -203,4 +205,185 @@ fn locator_downloads_into_the_cache_through_a_mirror() {
         message.contains("cifar100") && message.contains("cifar-100-binary"),
         "{message}"
     );
+}
+
+/// How the throttled server sends a file: `chunk` bytes every `pause`, stalling for `stall`
+/// once `stall_at` bytes are out (only when the request has no Range header).
+#[derive(Clone, Copy)]
+struct Throttle {
+    chunk: usize,
+    pause: std::time::Duration,
+    stall_at: Option<usize>,
+    stall: std::time::Duration,
+}
+
+struct SlowReader {
+    data: Vec<u8>,
+    pos: usize,
+    throttle: Throttle,
+    stalled: bool,
+}
+
+impl std::io::Read for SlowReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.stalled && self.throttle.stall_at.is_some_and(|at| self.pos >= at) {
+            self.stalled = true;
+            std::thread::sleep(self.throttle.stall);
+        }
+        std::thread::sleep(self.throttle.pause);
+        let n = self
+            .throttle
+            .chunk
+            .min(buf.len())
+            .min(self.data.len() - self.pos);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Serves `data` as `file.bin`, throttled, honouring `Range: bytes=N-` with 206; records the
+/// ranges asked for. One thread per request, so a stalled transfer blocks nothing else.
+fn serve_slowly(data: Vec<u8>, throttle: Throttle) -> (String, Arc<std::sync::Mutex<Vec<u64>>>) {
+    let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+    let port = server.server_addr().to_ip().unwrap().port();
+    let ranges = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = ranges.clone();
+    std::thread::spawn(move || {
+        for request in server.incoming_requests() {
+            let data = data.clone();
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let from = request
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("Range"))
+                    .and_then(|h| {
+                        h.value
+                            .as_str()
+                            .strip_prefix("bytes=")?
+                            .trim_end_matches('-')
+                            .parse::<u64>()
+                            .ok()
+                    });
+                seen.lock().unwrap().push(from.unwrap_or(0));
+                let (status, body, throttle) = match from {
+                    Some(from) => (
+                        206,
+                        data[from as usize..].to_vec(),
+                        Throttle {
+                            stall_at: None,
+                            ..throttle
+                        },
+                    ),
+                    None => (200, data, throttle),
+                };
+                let len = body.len();
+                let reader = SlowReader {
+                    data: body,
+                    pos: 0,
+                    throttle,
+                    stalled: false,
+                };
+                let response = tiny_http::Response::new(
+                    tiny_http::StatusCode(status),
+                    Vec::new(),
+                    reader,
+                    Some(len),
+                    None,
+                );
+                let _ = request.respond(response);
+            });
+        }
+    });
+    (format!("http://127.0.0.1:{port}/file.bin"), ranges)
+}
+
+/// A slow but steady transfer is not cut off by a total time budget: 64 KiB at 8 KiB per
+/// 100 ms takes about 0.8 s, longer than the 0.5 s idle timeout, and completes.
+#[test]
+fn a_slow_steady_download_completes() {
+    let data: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+    let md5 = md5_of(&data);
+    let (url, _) = serve_slowly(
+        data.clone(),
+        Throttle {
+            chunk: 8192,
+            pause: std::time::Duration::from_millis(100),
+            stall_at: None,
+            stall: std::time::Duration::ZERO,
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("file.bin");
+    let start = std::time::Instant::now();
+    download_file_with(
+        &url,
+        &dest,
+        &md5,
+        &mut |_, _, _| {},
+        std::time::Duration::from_millis(500),
+    )
+    .unwrap();
+    assert!(start.elapsed() > std::time::Duration::from_millis(500));
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+}
+
+/// A transfer that stalls is abandoned after the idle timeout with its partial file kept; the
+/// next attempt asks for the rest with a Range request and completes the file.
+#[test]
+fn a_stalled_download_is_abandoned_and_resumed() {
+    let data: Vec<u8> = (0..65536u32).map(|i| (i % 253) as u8).collect();
+    let md5 = md5_of(&data);
+    let (url, ranges) = serve_slowly(
+        data.clone(),
+        Throttle {
+            chunk: 4096,
+            pause: std::time::Duration::from_millis(1),
+            stall_at: Some(16384),
+            stall: std::time::Duration::from_secs(3),
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("file.bin");
+    let idle = std::time::Duration::from_millis(400);
+    let err = download_file_with(&url, &dest, &md5, &mut |_, _, _| {}, idle).unwrap_err();
+    assert!(err.to_string().contains("partial file"), "{err}");
+    let part = sce_data::download::partial_path(&dest);
+    let kept = std::fs::metadata(&part).unwrap().len();
+    assert!(kept > 0 && kept < 65536, "{kept} bytes kept");
+    assert!(!dest.exists());
+
+    let mut last = 0;
+    download_file_with(&url, &dest, &md5, &mut |_, n, _| last = n, idle).unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert_eq!(last, 65536, "progress counts the resumed bytes too");
+    assert!(!part.exists());
+    assert_eq!(
+        *ranges.lock().unwrap(),
+        [0, kept],
+        "the second request resumed"
+    );
+}
+
+/// Two jobs sharing a cache: the second waits for the first's lock instead of deleting its
+/// files, and the lock is released when the first is done.
+#[test]
+fn the_download_lock_serialises_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = sce_data::download::lock_dir(dir.path()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = dir.path().to_path_buf();
+    let waiter = std::thread::spawn(move || {
+        let _lock = sce_data::download::lock_dir(&path).unwrap();
+        tx.send(()).unwrap();
+    });
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_millis(300))
+            .is_err(),
+        "the second job waits while the first holds the lock"
+    );
+    drop(held);
+    rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+    waiter.join().unwrap();
 }

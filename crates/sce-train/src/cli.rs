@@ -101,6 +101,10 @@ pub struct PretrainCmd {
     /// Continue the run in this directory from its latest checkpoint.
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "output"])]
     pub resume: Option<PathBuf>,
+    /// With --resume: continue even if the run's config.toml was edited in keys that change
+    /// the experiment (e.g. a lower optim.lr after a diverged run); the changes are printed.
+    #[arg(long, requires = "resume")]
+    pub force: bool,
     /// Override any config value, e.g. --set method.lambda=0.3 (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     pub set: Vec<String>,
@@ -128,6 +132,7 @@ impl PretrainCmd {
         self.config.is_some()
             || self.output.is_some()
             || self.resume.is_some()
+            || self.force
             || !self.set.is_empty()
             || self.seed.is_some()
             || self.epochs.is_some()
@@ -172,6 +177,7 @@ impl PretrainCmd {
             source: self.source()?,
             output: self.output.clone(),
             resume: self.resume.clone(),
+            force: self.force,
             device: self.common.device.clone(),
             devices: self.devices.clone(),
             data_dir: self.common.data_dir.clone(),
@@ -216,7 +222,7 @@ pub fn main() -> std::process::ExitCode {
     };
     let result = match &cli.command {
         Some(_) if cli.pretrain.has_own_options() => Err(crate::error::usage(
-            "pretraining options (--config, --output, --resume, --set, --seed, --epochs, \
+            "pretraining options (--config, --output, --resume, --force, --set, --seed, --epochs, \
              --batch-size, --limit-train, --devices) before a subcommand apply only when there \
              is none; write them after `pretrain`",
         )),

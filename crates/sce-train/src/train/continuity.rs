@@ -83,7 +83,8 @@ pub fn ensure_continuable(
     Err(usage(format!(
         "{} changed since the checkpoint at step {step}: {list}; a resumed run must keep its \
          configuration (only eval.*, run.checkpoint_every and data.threads/prefetch/download/\
-         skip_corrupt may change) — restore the values or start a new run",
+         skip_corrupt may change) — restore the values, start a new run, or pass --force to \
+         continue anyway",
         config_file.display()
     )))
 }

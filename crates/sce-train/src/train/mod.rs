@@ -46,6 +46,8 @@ pub struct PretrainArgs {
     pub source: ConfigSource,
     pub output: Option<PathBuf>,
     pub resume: Option<PathBuf>,
+    /// Resume even if the configuration changed in keys that break continuity.
+    pub force: bool,
     pub device: String,
     /// Several devices for data-parallel training (overrides `device`).
     pub devices: Vec<String>,
@@ -264,15 +266,21 @@ fn restore(
 fn resume_point(
     run: &RunDir,
     config: &TrainConfig,
+    force: bool,
     console: &Console,
 ) -> anyhow::Result<Option<(usize, TrainState)>> {
     let dir = run.checkpoints();
+    remove_stale_temporaries(&dir);
     let newest = newest_intact(&dir, &|warning| console.line(warning));
     set_aside_after(&dir, newest.as_ref().map(|(step, _)| *step))
         .with_context(|| format!("cannot set damaged checkpoints aside in {}", dir.display()))?;
     match newest {
         Some((step, manifest)) => {
-            continuity::ensure_continuable(&manifest.config, config, &run.config_path(), step)?;
+            match continuity::ensure_continuable(&manifest.config, config, &run.config_path(), step)
+            {
+                Err(e) if force => console.line(format!("warning: {e} (continuing: --force)")),
+                result => result?,
+            }
             Ok(Some((step, manifest.state)))
         }
         None => {
@@ -282,6 +290,19 @@ fn resume_point(
                 dir.display()
             ));
             Ok(None)
+        }
+    }
+}
+
+/// Removes the temporary files of writes a killed process left behind (`NAME.tmp-PID`); only
+/// the process holding the run's lock may.
+fn remove_stale_temporaries(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().contains(".tmp-") {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }
@@ -296,7 +317,7 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
                 path: run.config_path(),
                 overrides: args.source.overrides.clone(),
             })?;
-            let resume_from = resume_point(&run, &config, &console)?;
+            let resume_from = resume_point(&run, &config, args.force, &console)?;
             (config, Some(run), resume_from)
         }
         None => (load_config(&args.source)?, None, None),
