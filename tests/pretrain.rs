@@ -475,3 +475,44 @@ fn skip_corrupt_holds_for_training_and_evaluation() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("skipped unreadable image"), "{err}");
 }
+
+/// A real write error (the file-size limit, as on a full disk: EFBIG instead of ENOSPC) while
+/// saving the first checkpoint: the run stops non-zero naming the file and the OS error, and a
+/// resume without the limit restarts it from step 0 and finishes.
+#[cfg(unix)]
+#[test]
+fn a_write_error_while_saving_is_loud_and_the_run_restarts() {
+    let Some(data) = common::data_dir("a_write_error_while_saving") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let plain = tiny(&data, &run, &[]);
+    // 400 KiB: the plot (~280 KiB) fits, the model record (~570 KiB) does not. SIGXFSZ is
+    // ignored so the write fails with an error instead of killing the process.
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 400; exec \"$@\"")
+        .arg("bash")
+        .arg(plain.get_program())
+        .args(plain.get_args())
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    assert_clean_failure(
+        &out,
+        1,
+        &[
+            "cannot save the checkpoint at step 8",
+            "model-8.bpk",
+            "File too large",
+        ],
+    );
+    assert!(state_files(&run).is_empty());
+    assert!(!run.join("summary.json").exists());
+
+    let out = resume(&data, &run);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("starting the run from step 0"), "{err}");
+}
