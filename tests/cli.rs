@@ -11,7 +11,7 @@ fn help_lists_the_subcommands() {
     assert!(out.status.success());
     let help = stdout(&out);
     for command in [
-        "pretrain", "linear", "knn", "embed", "bench", "export", "check",
+        "pretrain", "linear", "knn", "embed", "bench", "export", "check", "fetch",
     ] {
         assert!(help.contains(command), "--help lacks `{command}`:\n{help}");
     }
@@ -211,4 +211,55 @@ fn check_reports_every_case_on_the_cpu() {
         stderr.contains("batch norm") && stderr.contains("all 9 checks passed"),
         "{stderr}"
     );
+}
+
+/// Serves the files of `dir` on 127.0.0.1 (never the network); returns the base URL.
+fn serve_folder(dir: &std::path::Path) -> String {
+    let server = std::sync::Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+    let port = server.server_addr().to_ip().unwrap().port();
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || {
+        for request in server.incoming_requests() {
+            let path = dir.join(request.url().trim_start_matches('/'));
+            let response = match std::fs::read(&path) {
+                Ok(bytes) => tiny_http::Response::from_data(bytes),
+                Err(_) => tiny_http::Response::from_data(Vec::new()).with_status_code(404),
+            };
+            let _ = request.respond(response);
+        }
+    });
+    format!("http://127.0.0.1:{port}/")
+}
+
+/// `fetch` downloads (checksums verified) into the user cache, where the next `fetch` finds
+/// it; with downloads off and no data it says what to put where, in one error.
+#[test]
+fn fetch_fills_the_user_cache_and_explains_when_it_cannot() {
+    let Some(data) = common::data_dir("fetch_fills_the_user_cache") else {
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let fetch = |extra: &[(&str, &str)]| {
+        let mut cmd = sce_train();
+        cmd.args(["fetch", "mnist", "--json"])
+            .env_remove("SCE_DATA_DIR")
+            .env("XDG_CACHE_HOME", cache.path())
+            .envs(extra.iter().copied());
+        cmd.output().unwrap()
+    };
+    let mirror = serve_folder(&data.join("mnist"));
+    let out = fetch(&[("SCE_DATA_MIRROR", mirror.as_str())]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let expected = cache.path().join("sce-rs/mnist");
+    let listed: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(listed[0]["path"], expected.to_str().unwrap());
+    assert!(expected.join("t10k-labels-idx1-ubyte.gz").is_file());
+    // Found there next time, even with downloads off.
+    let out = fetch(&[("SCE_DATA_DOWNLOAD", "0")]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+
+    std::fs::remove_dir_all(&expected).unwrap();
+    let out = fetch(&[("SCE_DATA_DOWNLOAD", "0")]);
+    assert_clean_failure(&out, 1, &["mnist not found", "t10k-images-idx3-ubyte.gz"]);
+    assert_eq!(common::stderr(&out).lines().count(), 1, "one line");
 }

@@ -104,7 +104,7 @@ fn embed_writes_embeddings_and_a_query_finds_itself() {
     let run = trained_run(&data);
     let images = tempfile::tempdir().unwrap();
     let mut count = 0;
-    for entry in std::fs::read_dir(data.join("samples")).unwrap() {
+    for entry in std::fs::read_dir(common::fashion_samples(&data)).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap().to_string();
         if name.starts_with("fashionMNIST_") {

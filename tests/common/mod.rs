@@ -60,3 +60,34 @@ pub fn json_line(out: &Output) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no stdout; stderr:\n{}", stderr(out)));
     serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
 }
+
+/// A folder holding the 20 `fashionMNIST_<index>_<label>.png` sample images (the first
+/// Fashion-MNIST test images): `samples/` of the data folder, or, on a clone whose data folder
+/// has no `samples/`, the same images written from the Fashion-MNIST test set.
+pub fn fashion_samples(data: &Path) -> PathBuf {
+    let shared = data.join("samples");
+    if shared.is_dir() {
+        return shared;
+    }
+    eprintln!(
+        "note: {} is absent; writing the Fashion-MNIST samples from the test set",
+        shared.display()
+    );
+    let dir = tempfile::tempdir().unwrap().keep();
+    let test = sce_data::DatasetKind::FashionMnist
+        .open(
+            sce_data::Split::Test,
+            &data.join("fashion-mnist"),
+            &sce_data::OpenOptions::default(),
+        )
+        .unwrap();
+    for i in 0..20 {
+        let sample = test.get(i).unwrap();
+        let label = sample.label.unwrap();
+        image::GrayImage::from_raw(28, 28, sample.image.pixels)
+            .unwrap()
+            .save(dir.join(format!("fashionMNIST_{i:02}_{label}.png")))
+            .unwrap();
+    }
+    dir
+}

@@ -33,27 +33,113 @@ fn step(name: &str, program: &str, args: &[&str], envs: &[(&str, &str)]) -> anyh
     Ok(())
 }
 
-/// The real-data folder: `$SCE_DATA_DIR`, else `../shared/data` beside the checkout.
+/// Cargo's build folder: `$CARGO_TARGET_DIR` or `target/` of the workspace.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|d| {
+            if d.is_absolute() {
+                d
+            } else {
+                workspace_root().join(d)
+            }
+        })
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Whether `dir` holds the datasets the tests read.
+fn has_test_data(dir: &Path) -> bool {
+    TEST_DATASETS.iter().all(|d| dir.join(d).is_dir())
+}
+
+/// The real datasets the tests need (the few sample images they also use are generated from
+/// these when `samples/` is absent).
+const TEST_DATASETS: [&str; 2] = ["fashion-mnist", "mnist"];
+
+/// The real-data folder, found the way the product finds data: `$SCE_DATA_DIR`, else
+/// `../shared/data` beside the checkout (this project's CI), else the user cache — where
+/// `sce-train fetch` finds the datasets or downloads them (checksums verified).
 fn data_dir() -> anyhow::Result<String> {
-    let dir = match std::env::var_os("SCE_DATA_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => workspace_root().join("../shared/data"),
-    };
-    let fmnist = dir.join("fashion-mnist");
-    if !fmnist.is_dir() {
+    if let Some(dir) = std::env::var_os("SCE_DATA_DIR") {
+        let dir = PathBuf::from(dir);
+        if !has_test_data(&dir) {
+            bail!(
+                "SCE_DATA_DIR={} lacks fashion-mnist/ or mnist/; point it at a folder holding \
+                 both, or unset it to use the user cache",
+                dir.display()
+            );
+        }
+        return Ok(dir.canonicalize()?.display().to_string());
+    }
+    let shared = workspace_root().join("../shared/data");
+    if has_test_data(&shared) {
+        return Ok(shared.canonicalize()?.display().to_string());
+    }
+    fetch_test_data()
+}
+
+/// Finds or downloads the test datasets with the product's own `sce-train fetch` (the binary
+/// the tests build anyway) and links them into `target/test-data`, the `$SCE_DATA_DIR` of the
+/// tests.
+fn fetch_test_data() -> anyhow::Result<String> {
+    step(
+        "build (to fetch the test data)",
+        "cargo",
+        &["test", "--workspace", "--all-targets", "--no-run"],
+        &[],
+    )?;
+    let bin = target_dir().join("debug/sce-train");
+    eprintln!(
+        "\n==> test data: no SCE_DATA_DIR and no ../shared/data; looking in the user cache, \
+         downloading what is missing (about 60 MB)"
+    );
+    let out = Command::new(&bin)
+        .arg("fetch")
+        .args(TEST_DATASETS)
+        .arg("--json")
+        .current_dir(workspace_root())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    if !out.status.success() {
         bail!(
-            "real data is missing: {} does not exist. CI needs ../shared/data beside the \
-             checkout (or SCE_DATA_DIR pointing at a folder with fashion-mnist/, mnist/, samples/)",
-            fmnist.display()
+            "the tests need real data: Fashion-MNIST and MNIST (the four IDX .gz files each) in \
+             the user cache (~/.cache/sce-rs/fashion-mnist/ and ~/.cache/sce-rs/mnist/ on \
+             Linux) or SCE_DATA_DIR; fetching them failed (see above)"
         );
     }
-    Ok(dir.canonicalize()?.display().to_string())
+    #[derive(serde::Deserialize)]
+    struct Fetched {
+        dataset: String,
+        path: PathBuf,
+    }
+    let fetched: Vec<Fetched> =
+        serde_json::from_slice(&out.stdout).context("unexpected output of sce-train fetch")?;
+    let links = target_dir().join("test-data");
+    std::fs::create_dir_all(&links)?;
+    for f in fetched {
+        let link = links.join(&f.dataset);
+        let _ = std::fs::remove_file(&link);
+        link_dir(&f.path, &link)
+            .with_context(|| format!("cannot link {} to {}", link.display(), f.path.display()))?;
+    }
+    Ok(links.canonicalize()?.display().to_string())
+}
+
+#[cfg(unix)]
+fn link_dir(target: &Path, link: &Path) -> std::io::Result<()> {
+    std::os::unix::fs::symlink(target, link)
+}
+
+#[cfg(windows)]
+fn link_dir(target: &Path, link: &Path) -> std::io::Result<()> {
+    std::os::windows::fs::symlink_dir(target, link)
 }
 
 fn ci() -> anyhow::Result<()> {
     let start = Instant::now();
-    let data = data_dir()?;
     step("format", "cargo", &["fmt", "--all", "--check"], &[])?;
+    let data = data_dir()?;
     // One check build covers clippy on every target and the GPU code paths: `cuda` needs
     // DOCS_RS=1 offline (its build script would download LLVM), `wgpu` builds as is.
     step(
@@ -87,13 +173,18 @@ fn ci() -> anyhow::Result<()> {
 fn bench(args: &[String]) -> anyhow::Result<()> {
     let data = data_dir()?;
     let samples = format!("{data}/samples");
+    anyhow::ensure!(
+        Path::new(&samples).is_dir(),
+        "the augmentation benchmarks read real photos from {samples} (ImageNet samples); \
+         point SCE_DATA_DIR at a folder with samples/"
+    );
     step(
         "build",
         "cargo",
         &["build", "--release", "-p", "sce-train"],
         &[],
     )?;
-    let bin = workspace_root().join("target/release/sce-train");
+    let bin = target_dir().join("release/sce-train");
     let bin = bin.to_str().context("non-UTF-8 path")?;
     let mut runs: Vec<Vec<&str>> = vec![
         vec!["bench", "augment", "--pipeline", "cifar-asym", "--json"],

@@ -24,13 +24,16 @@ pub struct Locator {
 }
 
 impl Locator {
-    /// `--data-dir`, `$SCE_DATA_DIR`, `$SCE_DATA_MIRROR` and the user cache from the environment.
+    /// `--data-dir`, `$SCE_DATA_DIR`, `$SCE_DATA_MIRROR` and the user cache from the environment;
+    /// `$SCE_DATA_DOWNLOAD=0` turns downloads off whatever `download` says (machines without
+    /// network fail at once with what to put where, instead of waiting for time-outs).
     pub fn from_env(data_dir: Option<PathBuf>, download: bool) -> Self {
+        let allowed = std::env::var("SCE_DATA_DOWNLOAD").map_or(true, |v| v != "0");
         Self {
             data_dir,
             env_dir: std::env::var_os("SCE_DATA_DIR").map(PathBuf::from),
             cache_dir: dirs::cache_dir().map(|d| d.join("sce-rs")),
-            download,
+            download: download && allowed,
             mirror: std::env::var("SCE_DATA_MIRROR")
                 .ok()
                 .filter(|m| !m.is_empty()),

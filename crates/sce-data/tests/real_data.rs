@@ -1,5 +1,6 @@
 //! Loaders on real data from `$SCE_DATA_DIR`: the full Fashion-MNIST and MNIST, and the real
-//! CIFAR-10/100 test images shipped as PNG samples, written into the CIFAR binary layout.
+//! CIFAR-10/100 test images shipped as PNG samples (stand-ins made from Fashion-MNIST when the
+//! data folder has no `samples/`), written into the CIFAR binary layout.
 
 mod common;
 
@@ -55,7 +56,7 @@ fn fashion_mnist_and_mnist_load_completely() {
 
 /// `(name, label, image)` of the shared PNG samples starting with `prefix`.
 fn samples(dir: &Path, prefix: &str) -> Vec<(String, u8, Image)> {
-    let mut out: Vec<_> = std::fs::read_dir(dir.join("samples"))
+    let mut out: Vec<_> = std::fs::read_dir(common::samples_dir(dir))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| {
@@ -147,7 +148,7 @@ fn real_jpegs_decode_in_an_image_folder() {
         return;
     };
     let root = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(dir.join("samples")).unwrap() {
+    for entry in std::fs::read_dir(common::samples_dir(&dir)).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap().to_string();
         if let Some(rest) = name.strip_prefix("imagenet_") {

@@ -1,5 +1,5 @@
 //! The command line: `pretrain` (default), `knn`, `linear`, `embed`, `export`, `bench`,
-//! `check`.
+//! `check`, `fetch`.
 
 use std::path::PathBuf;
 
@@ -86,6 +86,8 @@ pub enum Command {
     Bench(crate::bench::BenchCmd),
     /// Check a device's arithmetic against float64 references before trusting it with a run.
     Check(crate::check::CheckCmd),
+    /// Find or download datasets ahead of a run (into --data-dir or the user cache).
+    Fetch(crate::fetch::FetchCmd),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -234,6 +236,7 @@ pub fn main() -> std::process::ExitCode {
         Some(Command::Export(cmd)) => cmd.run(),
         Some(Command::Bench(cmd)) => cmd.run(),
         Some(Command::Check(cmd)) => cmd.run(),
+        Some(Command::Fetch(cmd)) => cmd.run(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

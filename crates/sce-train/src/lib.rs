@@ -1,7 +1,7 @@
 //! `sce-train`: the SCE pretraining binary and what it is built from.
 //!
 //! - [`cli`]: the command line (`pretrain`, `knn`, `linear`, `embed`, `export`, `bench`,
-//!   `check`).
+//!   `check`, `fetch`).
 //! - [`config`]: typed TOML configuration, `--set` overrides, validation.
 //! - [`backend`]: Cargo-feature backends chosen at run time with `--device`.
 //! - [`model`]: the SCE step hosted by burn-train's `Learner` (EMA and queue in `optimize`).
@@ -10,6 +10,7 @@
 //! - [`eval`]: kNN, linear evaluation, embeddings.
 //! - [`bench`]: augmentation and training-step benchmarks.
 //! - [`check`]: a device's arithmetic against float64 references (`sce-train check`).
+//! - [`fetch`]: datasets found or downloaded ahead of a run (`sce-train fetch`).
 
 pub mod backend;
 pub mod bench;
@@ -19,6 +20,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod fetch;
 pub mod model;
 pub mod optim;
 mod quiet;
