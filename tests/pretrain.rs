@@ -20,6 +20,17 @@ fn tiny(data: &Path, output: &Path, extra: &[&str]) -> std::process::Command {
     cmd
 }
 
+/// `pretrain --resume RUN` with the real data.
+fn resume(data: &Path, run: &Path) -> std::process::Output {
+    sce_train()
+        .args(["pretrain", "--json", "--resume"])
+        .arg(run)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap()
+}
+
 fn summary(run: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(run.join("summary.json")).unwrap();
     serde_json::from_str(&text).unwrap()
@@ -126,15 +137,7 @@ fn sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run() {
         "the run was not killed before its end"
     );
 
-    let resumed = sce_train()
-        .arg("pretrain")
-        .arg("--resume")
-        .arg(&killed)
-        .args(["--data-dir"])
-        .arg(&data)
-        .arg("--json")
-        .output()
-        .unwrap();
+    let resumed = resume(&data, &killed);
     assert!(resumed.status.success(), "{}", stderr(&resumed));
     assert!(
         stderr(&resumed).contains("resuming at epoch 2"),
@@ -193,14 +196,7 @@ fn ctrl_c_saves_mid_epoch_and_resume_is_exact() {
     let step = checkpoint_step(&newest).unwrap();
     assert!(step > 8 && step < 16, "checkpoint at step {step}");
 
-    let resumed = sce_train()
-        .arg("pretrain")
-        .arg("--resume")
-        .arg(&stopped)
-        .arg("--data-dir")
-        .arg(&data)
-        .output()
-        .unwrap();
+    let resumed = resume(&data, &stopped);
     assert!(resumed.status.success(), "{}", stderr(&resumed));
     let (a, b) = (summary(&full), summary(&stopped));
     assert_eq!(a["final_loss"], b["final_loss"]);
@@ -258,17 +254,6 @@ fn two_devices_split_the_epoch() {
     .output()
     .unwrap();
     assert_clean_failure(&out, 2, &["method.queue_size", "2 devices"]);
-}
-
-/// `pretrain --resume RUN` with the real data.
-fn resume(data: &Path, run: &Path) -> std::process::Output {
-    sce_train()
-        .args(["pretrain", "--json", "--resume"])
-        .arg(run)
-        .arg("--data-dir")
-        .arg(data)
-        .output()
-        .unwrap()
 }
 
 /// A save that fails (here the final model record's name is taken by a directory, which even
@@ -515,4 +500,57 @@ fn a_write_error_while_saving_is_loud_and_the_run_restarts() {
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("starting the run from step 0"), "{err}");
+}
+
+/// A folder stored class by class (10 classes of 8 images, `val/` 2 per class): a prefix of
+/// half of it would hold 5 classes.
+fn class_ordered_folder(root: &Path) {
+    for (split, count) in [("train", 8), ("val", 2)] {
+        for class in 0..10u8 {
+            let dir = root.join(split).join(format!("class{class}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..count {
+                image::RgbImage::from_fn(32, 32, |x, y| {
+                    image::Rgb([class * 25, (x * 8) as u8 ^ i, (y * 8) as u8])
+                })
+                .save(dir.join(format!("{i}.png")))
+                .unwrap();
+            }
+        }
+    }
+}
+
+/// Limits take seeded, class-stratified subsets: the training subset and the kNN bank of a
+/// class-ordered folder hold every class (the mechanism behind `configs/imagenet.toml`'s
+/// `bank_limit`). The folder recipe shortened to one epoch from the command line runs, its
+/// warmup scaled with a notice.
+#[test]
+fn limits_keep_every_class_and_short_runs_scale_their_warmup() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("images");
+    class_ordered_folder(&data);
+    let out = sce_train()
+        .args(["pretrain", "--config", "configs/folder.toml", "--data-dir"])
+        .arg(&data)
+        .arg("--output")
+        .arg(dir.path().join("run"))
+        .args(["--epochs", "1", "--limit-train", "40", "--batch-size", "8"])
+        .args(["--set", "eval.bank_limit=20", "--set", "model.width=4"])
+        .args(["--set", "augment.size=32", "--set", "method.queue_size=64"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("training set: 40 of 80 images, 10 of 10 classes"),
+        "{err}"
+    );
+    assert!(
+        err.contains("kNN bank: 20 of 80 images, 10 of 10 classes"),
+        "{err}"
+    );
+    assert!(
+        err.contains("optim.warmup_epochs scaled from 5 to 0.05"),
+        "{err}"
+    );
 }

@@ -20,7 +20,7 @@ mod locate;
 pub mod rng;
 mod skip;
 
-pub use datasets::{DatasetKind, ImageSource, OpenOptions, Prefix, Sample, Split};
+pub use datasets::{DatasetKind, ImageSource, OpenOptions, Sample, Split, Subset};
 pub use error::DataError;
 pub use image::Image;
 pub use loader::{Cursor, EvalBatch, HostBatch, LoaderConfig, ViewBatch, ViewLoader, eval_batches};

@@ -308,7 +308,7 @@ impl StepBench {
         let ad = device.clone().autodiff();
         let total = self.steps + 1;
         let model = fresh_model(&config, total, &ad)?;
-        let peak = config.optim.lr * config.run.batch_size as f64 / 256.0;
+        let peak = crate::optim::peak_learning_rate(config.optim.lr, config.run.batch_size, 1);
         let mut learner = Learner::new(
             model,
             build_optimizer(&config.optim),

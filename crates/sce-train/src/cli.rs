@@ -119,7 +119,7 @@ pub struct PretrainCmd {
     /// Batch size (run.batch_size).
     #[arg(long, value_parser = at_least_one)]
     pub batch_size: Option<usize>,
-    /// Use only the first N training images (data.limit_train).
+    /// Train on N images: a seeded, class-stratified subset (data.limit_train).
     #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub limit_train: Option<usize>,
     /// Data-parallel training on several devices, e.g. `cuda:0,cuda:1`: each runs the step on
@@ -175,8 +175,12 @@ impl PretrainCmd {
     }
 
     pub fn run(&self) -> anyhow::Result<()> {
+        let mut source = self.source()?;
+        if let Some(note) = crate::config::fit_warmup_to_epochs(&mut source)? {
+            self.common.console().line(note);
+        }
         let args = PretrainArgs {
-            source: self.source()?,
+            source,
             output: self.output.clone(),
             resume: self.resume.clone(),
             force: self.force,

@@ -14,7 +14,7 @@ use clap::Args;
 use fast_image_resize::Resizer;
 use sce_data::augment::{ViewPipeline, ViewSpec};
 use sce_data::datasets::FolderImages;
-use sce_data::{DatasetKind, Image, ImageSource, LoaderConfig, Prefix, SkipLog, Split, ViewLoader};
+use sce_data::{DatasetKind, Image, ImageSource, LoaderConfig, SkipLog, Split, ViewLoader};
 use sce_model::ResNet;
 use serde::Serialize;
 
@@ -23,8 +23,8 @@ use crate::cli::{Common, at_least_one, positive_number};
 use crate::config::TrainConfig;
 use crate::eval::{FeatureSet, KnnResult, extract_features};
 use crate::train::{
-    DataAccess, channels_of, eval_transform, fresh_model, knn_evaluator, load_run, normalization,
-    write_atomic,
+    DataAccess, channels_of, eval_transform, fresh_model, knn_evaluator, limited, load_run,
+    normalization, write_atomic,
 };
 
 /// A run's online trunk in evaluation mode on a plain (non-autodiff) device.
@@ -147,10 +147,10 @@ pub struct LinearCmd {
     pub lr: Option<f64>,
     #[arg(long, default_value_t = 256, value_parser = at_least_one)]
     pub batch_size: usize,
-    /// Use only the first N training images.
+    /// Train the classifier on N images (a seeded, class-stratified subset).
     #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub limit_train: Option<usize>,
-    /// Evaluate on only the first N test images.
+    /// Evaluate on N test images (a seeded, class-stratified subset).
     #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub limit_test: Option<usize>,
     /// Normalise features with a non-affine BatchNorm before the linear layer (MAE's linear
@@ -242,14 +242,21 @@ impl LinearCmd {
         let ad = device.clone().autodiff();
         let (config, trunk) = trained_trunk(&self.checkpoint, &device)?;
         let data = DataAccess::locate(&config, self.common.data_dir.clone(), &console)?;
-        let mut train = data.labelled_train()?;
-        if let Some(n) = self.limit_train {
-            train = Arc::new(Prefix::new(train, n));
-        }
-        let mut test = data.open(config.data.test_split)?;
-        if let Some(n) = self.limit_test {
-            test = Arc::new(Prefix::new(test, n));
-        }
+        let seed = config.run.seed;
+        let train = limited(
+            data.labelled_train()?,
+            self.limit_train,
+            seed,
+            "training set",
+            &console,
+        );
+        let test = limited(
+            data.open(config.data.test_split)?,
+            self.limit_test,
+            seed,
+            "test set",
+            &console,
+        );
         let classes = train.num_classes();
         anyhow::ensure!(classes > 0, "{} has no labelled training split", data.kind);
         let small = config.augment.size <= 64;

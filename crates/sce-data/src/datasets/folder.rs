@@ -363,6 +363,10 @@ impl ImageSource for FolderImages {
         })
     }
 
+    fn label(&self, index: usize) -> Option<usize> {
+        self.items.get(index).and_then(|(_, l)| l.map(usize::from))
+    }
+
     fn num_classes(&self) -> usize {
         self.classes.len()
     }

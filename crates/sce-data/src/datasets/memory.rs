@@ -70,6 +70,10 @@ impl ImageSource for InMemoryImages {
         })
     }
 
+    fn label(&self, index: usize) -> Option<usize> {
+        self.labels.get(index).copied().flatten().map(usize::from)
+    }
+
     fn num_classes(&self) -> usize {
         self.num_classes
     }

@@ -5,6 +5,7 @@ mod folder;
 mod idx;
 mod memory;
 mod stl10;
+mod subset;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 pub use cifar::write_cifar_records;
 pub use folder::{ClassMap, FolderImages, read_class_list};
 pub use memory::InMemoryImages;
+pub use subset::{Subset, stratified_indices};
 
 use crate::augment::Normalization;
 use crate::{DataError, Image};
@@ -33,6 +35,11 @@ pub trait ImageSource: Send + Sync {
     }
     /// Decodes (or copies) image `index`; errors name the file.
     fn get(&self, index: usize) -> Result<Sample, DataError>;
+    /// The class of image `index`, without decoding it where the source knows it (subsets
+    /// are drawn from labels).
+    fn label(&self, index: usize) -> Option<usize> {
+        self.get(index).ok().and_then(|s| s.label)
+    }
     /// Number of classes; 0 for unlabelled data.
     fn num_classes(&self) -> usize;
     fn channels(&self) -> usize;
@@ -42,43 +49,6 @@ pub trait ImageSource: Send + Sync {
     /// listed once), one line each.
     fn notes(&self) -> Vec<String> {
         Vec::new()
-    }
-}
-
-/// The first `len` images of another source (`--limit-train`).
-pub struct Prefix {
-    inner: Arc<dyn ImageSource>,
-    len: usize,
-}
-
-impl Prefix {
-    pub fn new(inner: Arc<dyn ImageSource>, len: usize) -> Self {
-        let len = len.min(inner.len());
-        Self { inner, len }
-    }
-}
-
-impl ImageSource for Prefix {
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn get(&self, index: usize) -> Result<Sample, DataError> {
-        if index >= self.len {
-            return Err(DataError::out_of_range(index, self.len, "the prefix"));
-        }
-        self.inner.get(index)
-    }
-    fn num_classes(&self) -> usize {
-        self.inner.num_classes()
-    }
-    fn channels(&self) -> usize {
-        self.inner.channels()
-    }
-    fn item_name(&self, index: usize) -> String {
-        self.inner.item_name(index)
-    }
-    fn notes(&self) -> Vec<String> {
-        self.inner.notes()
     }
 }
 

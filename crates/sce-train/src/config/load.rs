@@ -56,6 +56,49 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
+/// A run shortened from the command line (`--epochs`, `--set run.epochs`) below the file's
+/// warmup keeps the file's warmup *fraction*: the warmup is scaled by new/old epochs, added as
+/// an override, and a one-line notice returned. A warmup set on the command line is left alone
+/// (and validated as given).
+pub fn fit_warmup_to_epochs(source: &mut ConfigSource) -> anyhow::Result<Option<String>> {
+    let given = |key: &str| source.overrides.iter().rev().find(|(k, _)| k == key);
+    let (Some((_, epochs)), None) = (given("run.epochs"), given("optim.warmup_epochs")) else {
+        return Ok(None);
+    };
+    let Some(epochs) = override_value(epochs).as_integer().filter(|&e| e > 0) else {
+        return Ok(None);
+    };
+    let Ok(text) = std::fs::read_to_string(&source.path) else {
+        return Ok(None);
+    };
+    let Ok(table) = toml::from_str::<toml::Table>(&text) else {
+        return Ok(None);
+    };
+    let number = |section: &str, key: &str| {
+        let value = table.get(section)?.get(key)?;
+        value
+            .as_float()
+            .or_else(|| value.as_integer().map(|i| i as f64))
+    };
+    let (Some(file_epochs), Some(warmup)) =
+        (number("run", "epochs"), number("optim", "warmup_epochs"))
+    else {
+        return Ok(None);
+    };
+    let epochs = epochs as f64;
+    if warmup < epochs || file_epochs <= 0.0 {
+        return Ok(None);
+    }
+    let scaled = warmup * epochs / file_epochs;
+    source
+        .overrides
+        .push(("optim.warmup_epochs".into(), format!("{scaled}")));
+    Ok(Some(format!(
+        "note: optim.warmup_epochs scaled from {warmup} to {scaled} for {epochs} of {file_epochs} \
+         epochs (set it with --set optim.warmup_epochs=… to choose)"
+    )))
+}
+
 /// Reads, overrides, deserialises and validates a configuration. Errors are usage errors
 /// naming the file and the key.
 pub fn load_config(source: &ConfigSource) -> anyhow::Result<TrainConfig> {
@@ -99,6 +142,33 @@ pub fn load_config(source: &ConfigSource) -> anyhow::Result<TrainConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shortened_run_keeps_its_warmup_fraction() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/folder.toml");
+        let source = |overrides: &[(&str, &str)]| ConfigSource {
+            path: path.clone(),
+            overrides: overrides
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        // folder.toml: 5 warmup epochs of 100 (its own values are checked below).
+        let mut short = source(&[("run.epochs", "2")]);
+        let note = fit_warmup_to_epochs(&mut short).unwrap().unwrap();
+        assert!(note.contains("optim.warmup_epochs"), "{note}");
+        let config = load_config(&short).unwrap();
+        let file = load_config(&source(&[])).unwrap();
+        let expected = file.optim.warmup_epochs * 2.0 / file.run.epochs as f64;
+        assert!((config.optim.warmup_epochs - expected).abs() < 1e-12);
+        // Long enough: untouched. Given explicitly: still validated as given.
+        let mut long = source(&[("run.epochs", "50")]);
+        assert!(fit_warmup_to_epochs(&mut long).unwrap().is_none());
+        let mut explicit = source(&[("run.epochs", "2"), ("optim.warmup_epochs", "5")]);
+        assert!(fit_warmup_to_epochs(&mut explicit).unwrap().is_none());
+        assert!(load_config(&explicit).is_err());
+    }
 
     #[test]
     fn override_values_parse_as_toml_or_strings() {

@@ -4,5 +4,5 @@
 mod load;
 mod sections;
 
-pub use load::{ConfigSource, load_config, parse_override};
+pub use load::{ConfigSource, fit_warmup_to_epochs, load_config, parse_override};
 pub use sections::*;

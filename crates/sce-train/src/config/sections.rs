@@ -43,7 +43,7 @@ pub struct DataSection {
     pub train_split: Split,
     #[serde(default = "test_split")]
     pub test_split: Split,
-    /// Use only the first N training images.
+    /// Train on N images: a subset seeded by `run.seed`, stratified by class.
     #[serde(default)]
     pub limit_train: Option<usize>,
     /// Download the dataset when it is not found locally.
@@ -199,10 +199,11 @@ pub struct EvalSection {
     /// kNN every this many epochs (and always before training and after the last epoch).
     #[serde(default = "one")]
     pub knn_every: usize,
-    /// Training images used as the kNN memory bank (default: all).
+    /// Training images used as the kNN memory bank (default: all; a limit takes a seeded,
+    /// class-stratified subset).
     #[serde(default)]
     pub bank_limit: Option<usize>,
-    /// Test images classified by kNN (default: all).
+    /// Test images classified by kNN (default: all; a limit takes a stratified subset).
     #[serde(default)]
     pub test_limit: Option<usize>,
     #[serde(default = "two_fifty_six")]

@@ -14,8 +14,9 @@ pub struct FeatureSet {
     pub indices: Vec<usize>,
 }
 
-/// Embeds every image of `source` with `embed` (a frozen network in eval mode). Features holding NaN or infinite values
-/// are an error naming the images: nothing downstream may score them.
+/// Embeds every image of `source` with `embed` (a frozen network in eval mode). Features
+/// holding NaN or infinite values are an error naming the images: nothing downstream may score
+/// them.
 pub fn extract_features(
     source: &Arc<dyn ImageSource>,
     transform: &EvalTransform,

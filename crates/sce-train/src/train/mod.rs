@@ -22,7 +22,7 @@ use burn::train::metric::{LearningRateMetric, LossMetric};
 use burn::train::{Interrupter, Learner, SupervisedTraining, TrainingStrategy};
 use sce_data::augment::{EvalTransform, Normalization, ViewPipeline};
 use sce_data::{
-    DatasetKind, ImageSource, Locator, OpenOptions, Prefix, SkipLog, Split, ViewLoader,
+    DatasetKind, ImageSource, Locator, OpenOptions, SkipLog, Split, Subset, ViewLoader,
 };
 use sce_loss::{ResslLoss, SceLoss};
 use sce_model::{MlpConfig, MomentumPairConfig, ResNetConfig};
@@ -38,7 +38,7 @@ use crate::backend::parse_device;
 use crate::config::{ConfigSource, HeadSection, MethodName, TrainConfig, load_config};
 use crate::error::usage;
 use crate::model::{Objective, SceModel, StepContext};
-use crate::optim::{WarmupCosine, build_optimizer};
+use crate::optim::{WarmupCosine, build_optimizer, peak_learning_rate};
 
 /// What `pretrain` was asked to do.
 #[derive(Clone, Debug)]
@@ -174,6 +174,30 @@ pub fn objective(config: &TrainConfig) -> anyhow::Result<Objective> {
     })
 }
 
+/// `source`, or with a limit its seeded class-stratified subset, said in one line.
+pub fn limited(
+    source: Arc<dyn ImageSource>,
+    limit: Option<usize>,
+    seed: u64,
+    role: &str,
+    console: &Console,
+) -> Arc<dyn ImageSource> {
+    match limit {
+        Some(n) if n < source.len() => {
+            let all = source.len();
+            let subset = Subset::stratified(source, n, seed);
+            console.line(format!(
+                "{role}: {} of {all} images, {} of {} classes (stratified subset, seed {seed})",
+                subset.len(),
+                subset.classes_present(),
+                subset.num_classes()
+            ));
+            Arc::new(subset)
+        }
+        _ => source,
+    }
+}
+
 /// The kNN monitor of a run, unless the dataset has no labelled test split.
 pub fn knn_evaluator(
     config: &TrainConfig,
@@ -202,15 +226,21 @@ pub fn knn_evaluator(
         },
     };
     let bank = data.labelled_train()?;
-    let limit = |s: Arc<dyn ImageSource>, n: Option<usize>| -> Arc<dyn ImageSource> {
-        match n {
-            Some(n) => Arc::new(Prefix::new(s, n)),
-            None => s,
-        }
-    };
     Ok(Some(crate::eval::KnnEvaluator {
-        bank: limit(bank, config.eval.bank_limit),
-        test: limit(test, config.eval.test_limit),
+        bank: limited(
+            bank,
+            config.eval.bank_limit,
+            config.run.seed,
+            "kNN bank",
+            console,
+        ),
+        test: limited(
+            test,
+            config.eval.test_limit,
+            config.run.seed,
+            "kNN test set",
+            console,
+        ),
         transform,
         batch_size: config.eval.batch_size,
         k: config.eval.knn_k,
@@ -345,10 +375,13 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
     device.seed(config.run.seed);
 
     let data = DataAccess::locate(&config, args.data_dir.clone(), &console)?;
-    let mut train_source = data.open(config.data.train_split)?;
-    if let Some(limit) = config.data.limit_train {
-        train_source = Arc::new(Prefix::new(train_source, limit));
-    }
+    let train_source = limited(
+        data.open(config.data.train_split)?,
+        config.data.limit_train,
+        config.run.seed,
+        "training set",
+        &console,
+    );
     let channels = train_source.channels();
     check_channels(&config, channels, data.kind)?;
     let norm = normalization(&config, data.kind, channels);
@@ -408,7 +441,7 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
         &train_device,
     )?;
     let optim = build_optimizer(&config.optim);
-    let peak = config.optim.lr * config.run.batch_size as f64 / 256.0;
+    let peak = peak_learning_rate(config.optim.lr, config.run.batch_size, devices.len());
     let warmup = (config.optim.warmup_epochs * steps_per_epoch as f64).round() as usize;
     let mut scheduler = WarmupCosine::new(peak, warmup, total_steps);
     let (model, optim, state) = match resume_from {

@@ -58,7 +58,8 @@ fn lock(dir: &Path) -> anyhow::Result<Arc<File>> {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
             return Err(anyhow!(
-                "{} is in use by another sce-train process (PID {}); wait for it to end or stop                  it first",
+                "{} is in use by another sce-train process (PID {}); wait for it to end or stop \
+                 it first",
                 dir.display(),
                 holder.trim()
             ));
