@@ -20,9 +20,9 @@ use sce_data::{
 use serde::Serialize;
 
 use crate::backend::parse_device;
-use crate::cli::Common;
 use crate::config::{ConfigSource, TrainConfig, load_config};
 use crate::optim::{WarmupCosine, build_optimizer};
+use crate::options::Common;
 use crate::train::fresh_model;
 
 #[derive(Subcommand, Debug)]

@@ -1,15 +1,12 @@
-//! The evaluation and export commands, each on a run directory written by `pretrain`.
+//! The evaluation and export commands, each on a run directory written by `pretrain`; the
+//! protocols themselves live in [`crate::eval`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
 use burn::module::Module;
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig};
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, SgdConfig};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
 use fast_image_resize::Resizer;
 use sce_data::augment::{ViewPipeline, ViewSpec};
@@ -19,9 +16,11 @@ use sce_model::ResNet;
 use serde::Serialize;
 
 use crate::backend::parse_device;
-use crate::cli::{Common, at_least_one, positive_number};
 use crate::config::TrainConfig;
-use crate::eval::{FeatureSet, KnnResult, extract_features};
+use crate::eval::{
+    FeatureSet, KnnResult, LinearProtocol, extract_features, test_linear, train_linear,
+};
+use crate::options::{Common, at_least_one, positive_number};
 use crate::train::{
     DataAccess, channels_of, eval_transform, fresh_model, knn_evaluator, limited, load_run,
     normalization, write_atomic,
@@ -160,49 +159,6 @@ pub struct LinearCmd {
     pub feature_bn: bool,
 }
 
-/// The classifier of the linear protocol: an optional non-affine BatchNorm, then one Linear.
-#[derive(Module, Debug)]
-struct LinearProbe {
-    norm: Option<BatchNorm>,
-    linear: Linear,
-}
-
-impl LinearProbe {
-    fn new(features: usize, classes: usize, feature_bn: bool, device: &Device) -> Self {
-        // Spec §5: weights N(0, 0.01), bias 0.
-        let mut linear = LinearConfig::new(features, classes)
-            .with_initializer(Initializer::Normal {
-                mean: 0.0,
-                std: 0.01,
-            })
-            .init(device);
-        linear.bias = linear.bias.map(|b| b.map(|t| t.zeros_like()));
-        let norm = feature_bn.then(|| {
-            let mut bn = BatchNormConfig::new(features).init(device);
-            bn.gamma = bn.gamma.set_require_grad(false);
-            bn.beta = bn.beta.set_require_grad(false);
-            bn
-        });
-        Self { norm, linear }
-    }
-
-    fn forward(&self, features: Tensor<2>) -> Tensor<2> {
-        let x = match &self.norm {
-            Some(bn) => bn.forward(features),
-            None => features,
-        };
-        self.linear.forward(x)
-    }
-}
-
-#[derive(Serialize)]
-struct LinearEpoch {
-    epoch: usize,
-    lr: f64,
-    loss: f64,
-    train_top1: f64,
-}
-
 #[derive(Serialize)]
 struct LinearReport {
     run_dir: PathBuf,
@@ -218,28 +174,11 @@ struct LinearReport {
     seconds: f64,
 }
 
-/// Top-1 and top-5 correct counts of `logits` against `labels`.
-fn topk_correct(logits: Tensor<2>, labels: &[usize]) -> (usize, usize) {
-    let [n, classes] = logits.dims();
-    let k = 5.min(classes);
-    let top = logits.topk_with_indices(k, 1).1;
-    let top: Vec<i64> = top.into_data().convert::<i64>().try_to_vec().unwrap();
-    let mut c1 = 0;
-    let mut c5 = 0;
-    for i in 0..n {
-        let row = &top[i * k..(i + 1) * k];
-        c1 += usize::from(row[0] as usize == labels[i]);
-        c5 += usize::from(row.iter().any(|&p| p as usize == labels[i]));
-    }
-    (c1, c5)
-}
-
 impl LinearCmd {
     pub fn run(&self) -> anyhow::Result<()> {
         let start = std::time::Instant::now();
         let console = self.common.console();
         let device = parse_device(&self.common.device)?;
-        let ad = device.clone().autodiff();
         let (config, trunk) = trained_trunk(&self.checkpoint, &device)?;
         let data = DataAccess::locate(&config, self.common.data_dir.clone(), &console)?;
         let seed = config.run.seed;
@@ -259,18 +198,21 @@ impl LinearCmd {
         );
         let classes = train.num_classes();
         anyhow::ensure!(classes > 0, "{} has no labelled training split", data.kind);
-        let small = config.augment.size <= 64;
-        let epochs = self.epochs.unwrap_or(if small { 100 } else { 90 });
-        let base_lr = self.lr.unwrap_or(if small {
-            30.0
-        } else {
-            0.4 * self.batch_size as f64 / 1024.0
-        });
+        let protocol = LinearProtocol::for_size(
+            config.augment.size,
+            self.batch_size,
+            self.epochs,
+            self.lr,
+            self.feature_bn,
+        );
         let norm = normalization(&config, data.kind, train.channels());
         let loader = ViewLoader::new(
             train.clone(),
             ViewPipeline::new(
-                vec![ViewSpec::linear_eval(config.augment.size, small)],
+                vec![ViewSpec::linear_eval(
+                    config.augment.size,
+                    protocol.step_decay,
+                )],
                 norm.clone(),
             )?,
             LoaderConfig {
@@ -284,133 +226,37 @@ impl LinearCmd {
             },
             device.clone(),
         )?;
-        let feature_dim = pair_feature_dim(&config);
-        // Spec §5: SGD momentum 0.9, no weight decay.
-        let mut head = LinearProbe::new(feature_dim, classes, self.feature_bn, &ad);
-        let mut optim = SgdConfig::new()
-            .with_momentum(Some(MomentumConfig {
-                momentum: 0.9,
-                dampening: 0.0,
-                nesterov: false,
-            }))
-            .init();
-        let loss_fn = CrossEntropyLossConfig::new().init(&ad);
-        let lr_at = |epoch: usize| -> f64 {
-            if small {
-                // Step decay ×0.1 at 60 % and 80 % of training (epochs 60 and 80 of 100).
-                let f = epoch as f64 / epochs as f64;
-                base_lr
-                    * if f >= 0.8 {
-                        0.01
-                    } else if f >= 0.6 {
-                        0.1
-                    } else {
-                        1.0
-                    }
-            } else {
-                0.5 * base_lr * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs as f64).cos())
-            }
-        };
+        let (head, rows) = train_linear(
+            &trunk,
+            &loader,
+            pair_feature_dim(&config),
+            classes,
+            &protocol,
+            &device,
+            &console,
+        )?;
         let run_dir = &self.checkpoint;
-        let mut rows = Vec::new();
-        for epoch in 0..epochs {
-            loader.cursor().set(epoch as u64, 0);
-            let lr = lr_at(epoch);
-            let bar = console.bar(
-                loader.batches_per_epoch(),
-                format!("linear {}/{epochs}", epoch + 1),
-            );
-            let (mut loss_sum, mut batches, mut correct, mut seen) = (0.0, 0, 0, 0);
-            for batch in burn::data::dataloader::DataLoader::iter(&loader) {
-                let batch = batch.map_err(|e| anyhow!("reading training data: {e}"))?;
-                let labels: Vec<usize> = batch
-                    .labels
-                    .iter()
-                    .map(|l| l.expect("labelled split"))
-                    .collect();
-                // Frozen trunk on the plain device; the probe trains on the autodiff one.
-                let features = trunk.forward(batch.views[0].clone()).autodiff();
-                let logits = head.forward(features);
-                let targets = Tensor::<1, Int>::from_data(
-                    TensorData::new(
-                        labels.iter().map(|&l| l as i64).collect::<Vec<_>>(),
-                        [labels.len()],
-                    ),
-                    &ad,
-                );
-                let loss = loss_fn.forward(logits.clone(), targets);
-                correct += topk_correct(logits.detach(), &labels).0;
-                seen += labels.len();
-                let value = loss.clone().into_scalar::<f32>() as f64;
-                if !value.is_finite() {
-                    bar.finish_and_clear();
-                    anyhow::bail!(
-                        "the linear classifier diverged (loss {value}) in epoch {}; lower --lr \
-                         (now {lr}) or pass --feature-bn",
-                        epoch + 1
-                    );
-                }
-                loss_sum += value;
-                batches += 1;
-                let grads = GradientsParams::from_grads(loss.backward(), &head);
-                head = optim.step(lr, head, grads);
-                bar.inc(1);
-            }
-            bar.finish_and_clear();
-            let row = LinearEpoch {
-                epoch: epoch + 1,
-                lr,
-                loss: loss_sum / batches.max(1) as f64,
-                train_top1: 100.0 * correct as f64 / seen.max(1) as f64,
-            };
-            console.line(format!(
-                "linear epoch {}/{epochs}: loss {:.4}  train top-1 {:.2}%  lr {lr}",
-                row.epoch, row.loss, row.train_top1
-            ));
-            rows.push(row);
-        }
-        // Test: center crop, frozen trunk, the trained head.
-        let transform = eval_transform(&config, norm);
-        let head = head.valid();
-        let (mut c1, mut c5, mut n) = (0, 0, 0);
-        for batch in sce_data::eval_batches(&test, &transform, self.batch_size, &device, &data.skip)
-        {
-            let batch = batch.context("cannot read a test image")?;
-            let images = batch.images;
-            let labels: Vec<usize> = batch
-                .labels
-                .into_iter()
-                .map(|l| l.context("the test split has unlabelled images"))
-                .collect::<anyhow::Result<_>>()?;
-            let logits = head.forward(trunk.forward(images));
-            let non_finite = logits.clone().is_finite().bool_not().any();
-            anyhow::ensure!(
-                !non_finite.into_scalar::<bool>(),
-                "the linear classifier's outputs on test images hold NaN or infinite values; \
-                 no accuracy is reported for {}",
-                run_dir.display()
-            );
-            let (a, b) = topk_correct(logits, &labels);
-            c1 += a;
-            c5 += b;
-            n += labels.len();
-        }
-        anyhow::ensure!(n > 0, "the test split of {} is empty", data.kind);
+        let accuracy = test_linear(
+            &trunk,
+            &head,
+            &test,
+            &eval_transform(&config, norm),
+            self.batch_size,
+            &device,
+            &data.skip,
+        )
+        .with_context(|| format!("linear evaluation of {}", run_dir.display()))?;
         let report = LinearReport {
             run_dir: run_dir.clone(),
-            epochs,
+            epochs: protocol.epochs,
             batch_size: self.batch_size,
-            lr: base_lr,
-            schedule: if small {
-                "step x0.1 at 60%/80%"
-            } else {
-                "cosine"
-            },
+            lr: protocol.base_lr,
+            schedule: protocol.schedule_name(),
             feature_bn: self.feature_bn,
             train_images: train.len(),
-            test_images: n,
-            top1: 100.0 * c1 as f64 / n.max(1) as f64,
-            top5: 100.0 * c5 as f64 / n.max(1) as f64,
+            test_images: accuracy.images,
+            top1: accuracy.top1,
+            top5: accuracy.top5,
             seconds: start.elapsed().as_secs_f64(),
         };
         let mut csv = String::from("epoch,lr,loss,train_top1\n");
@@ -429,7 +275,7 @@ impl LinearCmd {
             "linear evaluation: top-1 {:.2}%  top-5 {:.2}% on {} test images ({})",
             report.top1,
             report.top5,
-            n,
+            accuracy.images,
             run_dir.join("linear.json").display()
         ));
         print_json(&self.common, &report)

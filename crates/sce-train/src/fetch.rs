@@ -7,7 +7,7 @@ use clap::Args;
 use sce_data::{DatasetKind, Locator};
 use serde::Serialize;
 
-use crate::cli::Common;
+use crate::options::Common;
 
 #[derive(Args, Debug)]
 pub struct FetchCmd {

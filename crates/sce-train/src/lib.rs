@@ -2,6 +2,7 @@
 //!
 //! - [`cli`]: the command line (`pretrain`, `knn`, `linear`, `embed`, `export`, `bench`,
 //!   `check`, `fetch`).
+//! - [`options`]: options every command takes, and the rules their values follow.
 //! - [`config`]: typed TOML configuration, `--set` overrides, validation.
 //! - [`backend`]: Cargo-feature backends chosen at run time with `--device`.
 //! - [`model`]: the SCE step hosted by burn-train's `Learner` (EMA and queue in `optimize`).
@@ -23,6 +24,7 @@ pub mod eval;
 pub mod fetch;
 pub mod model;
 pub mod optim;
+pub mod options;
 mod quiet;
 pub mod train;
 

@@ -16,7 +16,7 @@ use serde::Serialize;
 pub use cases::{CASES, CheckOutcome};
 
 use crate::backend::parse_device;
-use crate::cli::Common;
+use crate::options::Common;
 
 #[derive(Args, Debug)]
 pub struct CheckCmd {

@@ -3,6 +3,10 @@
 
 mod features;
 mod knn;
+mod linear;
 
 pub use features::{FeatureSet, extract_features};
 pub use knn::{KnnEvaluator, KnnResult, knn_classify};
+pub use linear::{
+    LinearEpoch, LinearProbe, LinearProtocol, TestAccuracy, test_linear, train_linear,
+};
