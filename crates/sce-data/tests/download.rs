@@ -299,11 +299,11 @@ fn serve_slowly(data: Vec<u8>, throttle: Throttle) -> (String, Arc<std::sync::Mu
     (format!("http://127.0.0.1:{port}/file.bin"), ranges)
 }
 
-/// A slow but steady transfer is not cut off by a total time budget: 64 KiB at 8 KiB per
-/// 100 ms takes about 0.8 s, longer than the 0.5 s idle timeout, and completes.
+/// A slow but steady transfer is not cut off by a total time budget: 128 KiB at 8 KiB per
+/// 100 ms takes about 1.6 s, longer than the 1 s idle timeout, and completes.
 #[test]
 fn a_slow_steady_download_completes() {
-    let data: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+    let data: Vec<u8> = (0..131072u32).map(|i| (i % 251) as u8).collect();
     let md5 = md5_of(&data);
     let (url, _) = serve_slowly(
         data.clone(),
@@ -322,10 +322,10 @@ fn a_slow_steady_download_completes() {
         &dest,
         &md5,
         &mut |_, _, _| {},
-        std::time::Duration::from_millis(500),
+        std::time::Duration::from_secs(1),
     )
     .unwrap();
-    assert!(start.elapsed() > std::time::Duration::from_millis(500));
+    assert!(start.elapsed() > std::time::Duration::from_secs(1));
     assert_eq!(std::fs::read(&dest).unwrap(), data);
 }
 
@@ -341,12 +341,12 @@ fn a_stalled_download_is_abandoned_and_resumed() {
             chunk: 4096,
             pause: std::time::Duration::from_millis(1),
             stall_at: Some(16384),
-            stall: std::time::Duration::from_secs(3),
+            stall: std::time::Duration::from_secs(4),
         },
     );
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("file.bin");
-    let idle = std::time::Duration::from_millis(400);
+    let idle = std::time::Duration::from_secs(1);
     let err = download_file_with(&url, &dest, &md5, &mut |_, _, _| {}, idle).unwrap_err();
     assert!(err.to_string().contains("partial file"), "{err}");
     let part = sce_data::download::partial_path(&dest);
