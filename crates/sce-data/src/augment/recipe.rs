@@ -161,7 +161,8 @@ pub struct ViewPipeline {
 
 impl ViewSpec {
     /// Linear-evaluation training view (spec §5): RandomCrop with 4-pixel padding + flip for
-    /// small images, RandomResizedCrop (scale 0.08–1) + flip otherwise.
+    /// small images (after resizing the whole image to `size` when it is larger, e.g. STL-10),
+    /// RandomResizedCrop (scale 0.08–1) + flip otherwise.
     pub fn linear_eval(size: usize, small_images: bool) -> Self {
         ViewSpec {
             size,
@@ -271,6 +272,19 @@ impl ViewPipeline {
         resizer: &mut Resizer,
     ) -> Planes {
         let mut cropped = match view.pad_crop {
+            // The CIFAR protocol at the training resolution: an image larger than the view
+            // (STL-10's 96 pixels for 64-pixel training) is first resized whole, so the
+            // classifier sees what pretraining saw, not a 64-pixel window of it.
+            Some(padding) if image.width != view.size || image.height != view.size => {
+                let whole = CropBox {
+                    top: 0.0,
+                    left: 0.0,
+                    height: image.height as f64,
+                    width: image.width as f64,
+                };
+                let resized = resized_crop(image, whole, view.size, resizer);
+                random_crop_padded(&resized, view.size, padding, rng)
+            }
             Some(padding) => random_crop_padded(image, view.size, padding, rng),
             None => {
                 let crop =
@@ -424,6 +438,33 @@ mod tests {
         let mut views = Recipe::SmallAsym.views(32);
         views[0].scale = [0.5, 0.2];
         assert!(ViewPipeline::new(views, gray_norm()).is_err());
+    }
+
+    /// A linear-evaluation view of an image larger than its size sees the whole image (resized),
+    /// not a window: a 96-pixel image with marked 16-pixel left and right edges keeps both in
+    /// every 64-pixel view (a padded 64-pixel window covers at most 60 columns, never both).
+    #[test]
+    fn linear_eval_views_of_larger_images_see_the_whole_image() {
+        let pipeline =
+            ViewPipeline::new(vec![ViewSpec::linear_eval(64, true)], gray_norm()).unwrap();
+        let pixels: Vec<u8> = (0..96 * 96)
+            .map(|i| match i % 96 {
+                0..16 => 250,
+                80.. => 100,
+                _ => 0,
+            })
+            .collect();
+        let image = Image::new(96, 96, 1, pixels);
+        let mut resizer = Resizer::new();
+        for index in 0..20 {
+            let view = &pipeline.apply(&image, &mut sample_rng(3, 0, index), &mut resizer)[0];
+            assert_eq!((view.width, view.height), (64, 64));
+            let near = |v: f32| view.data.iter().any(|&x| (x - v / 255.0).abs() < 0.02);
+            assert!(
+                near(250.0) && near(100.0),
+                "view {index} lost a third of the image"
+            );
+        }
     }
 
     #[test]
