@@ -90,3 +90,43 @@ fn validation_classes_are_matched_to_training_classes_by_name() {
         "{err}"
     );
 }
+
+/// A class-list subset (ImageNet-100 over ImageNet): training holds exactly the listed classes,
+/// labelled in sorted order, and each must exist; validation keeps the listed classes it has
+/// (others are ignored, a missing one is fine).
+#[test]
+fn a_class_list_selects_and_labels_the_subset() {
+    let dir = tempfile::tempdir().unwrap();
+    for class in ["cat", "dog", "fox"] {
+        image(&dir.path().join(format!("train/{class}/t.png")));
+    }
+    image(&dir.path().join("val/dog/v.png"));
+    image(&dir.path().join("val/fox/v.png"));
+    let list = dir.path().join("classes.txt");
+    std::fs::write(&list, "dog\ncat\n").unwrap();
+    let options = OpenOptions {
+        class_list: Some(list.clone()),
+        ..OpenOptions::default()
+    };
+    let train = DatasetKind::Imagenet100
+        .open(Split::Train, dir.path(), &options)
+        .unwrap();
+    assert_eq!(train.num_classes(), 2);
+    assert_eq!(labels(train.as_ref()), [Some(0), Some(1)], "cat, dog");
+    let val = DatasetKind::Imagenet100
+        .open(Split::Test, dir.path(), &options)
+        .unwrap();
+    assert_eq!(
+        labels(val.as_ref()),
+        [Some(1)],
+        "dog only; fox is not listed"
+    );
+
+    std::fs::write(&list, "dog\nwolf\n").unwrap();
+    let err = DatasetKind::Imagenet100
+        .open(Split::Train, dir.path(), &options)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("class wolf"), "{err}");
+}

@@ -158,65 +158,44 @@ impl FolderImages {
         };
         let by_name: Vec<(String, PathBuf)> =
             folders.into_iter().map(|p| (class_name(&p), p)).collect();
-        let label_of = |classes: &[String], name: &str| classes.iter().position(|c| c == name);
-        // (label, folder) pairs and the class names labels index.
-        let (labelled, classes): (Vec<(usize, PathBuf)>, Vec<String>) = match map {
-            ClassMap::Own => (
-                by_name
-                    .iter()
-                    .cloned()
-                    .enumerate()
-                    .map(|(i, (_, p))| (i, p))
-                    .collect(),
-                by_name.into_iter().map(|(n, _)| n).collect(),
-            ),
-            ClassMap::Only(only) => {
-                let mut wanted = only.to_vec();
-                wanted.sort();
-                wanted.dedup();
-                if let Some(missing) = wanted
-                    .iter()
-                    .find(|c| !by_name.iter().any(|(n, _)| n == *c))
-                {
-                    return Err(DataError::NotFound {
-                        dataset: format!("class {missing}"),
-                        searched: vec![root.to_path_buf()],
-                        hint: "the class list names a folder that does not exist".into(),
-                    });
-                }
-                let labelled = by_name
-                    .into_iter()
-                    .filter_map(|(n, p)| label_of(&wanted, &n).map(|i| (i, p)))
-                    .collect();
-                (labelled, wanted)
-            }
-            ClassMap::SameAs(train) => {
-                if let Some((extra, _)) = by_name.iter().find(|(n, _)| label_of(train, n).is_none())
-                {
-                    return Err(DataError::Config(format!(
-                        "class folder `{extra}` of {} has no counterpart among the {} training \
-                         classes; validation classes are matched to training classes by name",
-                        root.display(),
-                        train.len()
-                    )));
-                }
-                let labelled = by_name
-                    .into_iter()
-                    .filter_map(|(n, p)| label_of(train, &n).map(|i| (i, p)))
-                    .collect();
-                (labelled, train.to_vec())
-            }
-            ClassMap::Within(list) => {
-                let mut wanted = list.to_vec();
-                wanted.sort();
-                wanted.dedup();
-                let labelled = by_name
-                    .into_iter()
-                    .filter_map(|(n, p)| label_of(&wanted, &n).map(|i| (i, p)))
-                    .collect();
-                (labelled, wanted)
-            }
+        let sorted = |list: &[String]| {
+            let mut list = list.to_vec();
+            list.sort();
+            list.dedup();
+            list
         };
+        // The class names labels index; folders whose name is not among them are left out.
+        let classes: Vec<String> = match map {
+            ClassMap::Own => by_name.iter().map(|(n, _)| n.clone()).collect(),
+            ClassMap::Only(list) | ClassMap::Within(list) => sorted(list),
+            ClassMap::SameAs(train) => train.to_vec(),
+        };
+        let label_of = |name: &str| classes.iter().position(|c| c == name);
+        if let ClassMap::Only(_) = map
+            && let Some(missing) = classes
+                .iter()
+                .find(|c| !by_name.iter().any(|(n, _)| n == *c))
+        {
+            return Err(DataError::NotFound {
+                dataset: format!("class {missing}"),
+                searched: vec![root.to_path_buf()],
+                hint: "the class list names a folder that does not exist".into(),
+            });
+        }
+        if let ClassMap::SameAs(train) = map
+            && let Some((extra, _)) = by_name.iter().find(|(n, _)| label_of(n).is_none())
+        {
+            return Err(DataError::Config(format!(
+                "class folder `{extra}` of {} has no counterpart among the {} training \
+                 classes; validation classes are matched to training classes by name",
+                root.display(),
+                train.len()
+            )));
+        }
+        let labelled: Vec<(usize, PathBuf)> = by_name
+            .into_iter()
+            .filter_map(|(n, p)| label_of(&n).map(|i| (i, p)))
+            .collect();
         if classes.len() > usize::from(u16::MAX) + 1 {
             return Err(DataError::Config(format!(
                 "more than 65536 classes in {}",
@@ -275,11 +254,8 @@ impl FolderImages {
     /// has classes; otherwise as [`auto`](Self::auto).
     pub fn validation(root: &Path, train_root: &Path, channels: usize) -> Result<Self, DataError> {
         if train_root.is_dir() && has_class_folders(train_root)? && has_class_folders(root)? {
-            let train: Vec<String> = class_folders(train_root)?
-                .0
-                .iter()
-                .map(|p| class_name(p))
-                .collect();
+            let (folders, _) = class_folders(train_root)?;
+            let train: Vec<String> = folders.iter().map(|p| class_name(p)).collect();
             Self::classified(root, channels, ClassMap::SameAs(&train))
         } else {
             Self::auto(root, channels)
