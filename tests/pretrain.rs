@@ -89,6 +89,8 @@ fn tiny_run_writes_its_run_directory() {
         "final_loss",
         "knn_top1",
         "knn_top1_initial",
+        "probe_top1",
+        "probe_train_top1",
         "images_per_s",
         "seconds",
     ] {
@@ -99,6 +101,16 @@ fn tiny_run_writes_its_run_directory() {
     assert!(line["final_loss"].as_f64().unwrap().is_finite());
     let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "header + one row per epoch:\n{csv}");
+    assert!(csv.starts_with(
+        "epoch,step,loss,lr,positive_similarity,knn_top1,probe_train_top1,probe_top1,"
+    ));
+    // The online probe is checkpointed beside Burn's records, and listed in the manifest.
+    let checkpoints = run.join("checkpoints");
+    let manifest = std::fs::read_to_string(checkpoints.join("state-16.json")).unwrap();
+    for record in ["probe", "probe_optim"] {
+        assert!(checkpoints.join(format!("{record}-16.bpk")).is_file());
+        assert!(manifest.contains(&format!("\"{record}\"")), "{manifest}");
+    }
     for file in ["config.toml", "training.png", "summary.json"] {
         assert!(run.join(file).is_file(), "{file} missing");
     }
@@ -148,6 +160,11 @@ fn sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run() {
     assert_eq!(a["final_loss"], b["final_loss"], "final loss after resume");
     assert_eq!(a["knn_top1"], b["knn_top1"], "kNN after resume");
     assert_eq!(a["knn_top1_initial"], b["knn_top1_initial"]);
+    assert_eq!(
+        a["probe_top1"], b["probe_top1"],
+        "online probe after resume"
+    );
+    assert_eq!(a["probe_train_top1"], b["probe_train_top1"]);
     assert_eq!(
         std::fs::read_to_string(full.join("metrics.csv"))
             .unwrap()
@@ -201,6 +218,8 @@ fn ctrl_c_saves_mid_epoch_and_resume_is_exact() {
     let (a, b) = (summary(&full), summary(&stopped));
     assert_eq!(a["final_loss"], b["final_loss"]);
     assert_eq!(a["knn_top1"], b["knn_top1"]);
+    assert_eq!(a["probe_top1"], b["probe_top1"]);
+    assert_eq!(a["probe_train_top1"], b["probe_train_top1"]);
 }
 
 #[test]
@@ -245,6 +264,10 @@ fn two_devices_split_the_epoch() {
         "1,024 images / (2 devices × 128) × 2 epochs"
     );
     assert!(line["final_loss"].as_f64().unwrap().is_finite());
+    assert!(
+        line["probe_top1"].is_f64(),
+        "the probe gathers both devices' batches"
+    );
 
     let out = tiny(
         &data,
@@ -553,4 +576,52 @@ fn limits_keep_every_class_and_short_runs_scale_their_warmup() {
         err.contains("optim.warmup_epochs scaled from 5 to 0.05"),
         "{err}"
     );
+}
+
+/// The online linear probe trains on labelled data by default (its train and test accuracy in
+/// `metrics.csv` and the summary, its records in each checkpoint); one key turns it off, and
+/// the trunk trains bit for bit the same either way.
+#[test]
+fn the_online_probe_is_on_for_labelled_data_and_off_with_one_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("images");
+    class_ordered_folder(&data);
+    let run = |name: &str, extra: &[&str]| {
+        let out = sce_train()
+            .args(["pretrain", "--config", "configs/folder.toml", "--data-dir"])
+            .arg(&data)
+            .arg("--output")
+            .arg(dir.path().join(name))
+            .args(["--epochs", "1", "--batch-size", "8", "--json"])
+            .args(["--set", "model.width=4", "--set", "augment.size=32"])
+            .args(["--set", "method.queue_size=64"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        (json_line(&out), dir.path().join(name))
+    };
+    let (on, on_dir) = run("on", &[]);
+    for key in ["probe_top1", "probe_train_top1"] {
+        let v = on[key].as_f64().unwrap_or_else(|| panic!("{key} in {on}"));
+        assert!((0.0..=100.0).contains(&v), "{key} = {v}");
+    }
+    let csv = std::fs::read_to_string(on_dir.join("metrics.csv")).unwrap();
+    let row: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+    assert!(!row[6].is_empty() && !row[7].is_empty(), "{csv}");
+
+    let (off, off_dir) = run("off", &["--set", "eval.online_probe=false"]);
+    assert!(
+        off["probe_top1"].is_null() && off["probe_train_top1"].is_null(),
+        "{off}"
+    );
+    assert!(off["knn_top1"].is_f64(), "kNN stays on");
+    // The probe never reaches the trunk: the same seed trains the same network without it.
+    assert_eq!(on["final_loss"], off["final_loss"]);
+    assert_eq!(on["knn_top1"], off["knn_top1"]);
+    let files: Vec<String> = std::fs::read_dir(off_dir.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!files.iter().any(|f| f.starts_with("probe")), "{files:?}");
 }

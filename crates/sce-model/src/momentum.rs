@@ -104,12 +104,20 @@ impl MomentumPair {
 
     /// `q = normalize(predictor(projector(trunk(x))))`, the predictor being the identity if absent.
     pub fn online_embed(&self, x: Tensor<4>) -> Tensor<2> {
-        let z = self.online.projector.forward(self.online.trunk.forward(x));
+        self.online_embed_with_features(x).0
+    }
+
+    /// `q` as [`online_embed`](Self::online_embed), and the trunk features it was computed
+    /// from, detached: what a monitor (the online linear probe) may read without reaching the
+    /// trunk's gradients.
+    pub fn online_embed_with_features(&self, x: Tensor<4>) -> (Tensor<2>, Tensor<2>) {
+        let features = self.online.trunk.forward(x);
+        let z = self.online.projector.forward(features.clone());
         let z = match &self.predictor {
             Some(predictor) => predictor.forward(z),
             None => z,
         };
-        l2_normalize(z)
+        (l2_normalize(z), features.detach())
     }
 
     /// `k = normalize(projector(trunk(x)))` of the target, detached.

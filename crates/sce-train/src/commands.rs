@@ -376,7 +376,8 @@ impl EmbedCmd {
             indices,
         } = extract_features(&source, &transform, self.batch_size, &device, &skip, &|x| {
             trunk.forward(x)
-        })?;
+        })?
+        .normalized();
         let [n, dim] = features.dims();
         let flat: Vec<f32> = features
             .clone()

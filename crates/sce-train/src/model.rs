@@ -111,6 +111,35 @@ pub struct SceModel {
 pub struct SceOutput {
     pub loss: Tensor<1>,
     pub positive_similarity: Tensor<1>,
+    /// What the online linear probe trains on; taken by the training loop before the output
+    /// goes to Burn's metrics.
+    pub probe: Option<ProbeInput>,
+}
+
+/// Detached trunk features of the first online view (spec §5.3: the reference's probe reads
+/// the first online crop) with the batch's labels.
+pub struct ProbeInput {
+    pub features: Tensor<2>,
+    pub labels: Vec<Option<usize>>,
+}
+
+impl ProbeInput {
+    /// The inputs of several devices as one batch on `device` (device order kept).
+    pub fn gather(inputs: Vec<ProbeInput>, device: &Device) -> Option<ProbeInput> {
+        if inputs.is_empty() {
+            return None;
+        }
+        let mut labels = Vec::new();
+        let mut features = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            labels.extend(input.labels);
+            features.push(input.features.to_device(device));
+        }
+        Some(ProbeInput {
+            features: Tensor::cat(features, 0),
+            labels,
+        })
+    }
 }
 
 impl ItemLazy for SceOutput {
@@ -119,6 +148,7 @@ impl ItemLazy for SceOutput {
         Ok(Self {
             loss: self.loss.without_autodiff(),
             positive_similarity: self.positive_similarity.without_autodiff(),
+            probe: None,
         })
     }
 }
@@ -177,10 +207,15 @@ impl SceModel {
                     .expect("batch size divisible by bn_splits (checked at start-up)")
             })
             .collect();
+        let mut probe_features = None;
         let online: Vec<Tensor<2>> = ctx
             .pairing
             .online_views()
-            .map(|j| self.pair.online_embed(views[j].clone()))
+            .map(|j| {
+                let (q, features) = self.pair.online_embed_with_features(views[j].clone());
+                probe_features.get_or_insert(features);
+                q
+            })
             .collect();
         let loss = multi_view_loss(
             ctx.objective.as_dyn(),
@@ -208,6 +243,10 @@ impl SceModel {
             SceOutput {
                 loss,
                 positive_similarity: similarity,
+                probe: probe_features.map(|features| ProbeInput {
+                    features,
+                    labels: batch.labels.clone(),
+                }),
             },
             enqueued,
         )

@@ -211,6 +211,15 @@ pub struct EvalSection {
     /// Evaluation center crop: resize the shorter side to size / fraction, crop `size`.
     #[serde(default = "crop_fraction")]
     pub crop_fraction: f64,
+    /// The online linear probe (spec §5.3): a linear classifier trained during pretraining on
+    /// detached trunk features of the labelled training batches, with its own Adam optimizer.
+    /// Monitoring only; it never touches the trunk. Ignored when the training images have no
+    /// labels.
+    #[serde(default = "yes")]
+    pub online_probe: bool,
+    /// Adam learning rate of the online probe (the reference's 1e-4).
+    #[serde(default = "probe_lr")]
+    pub online_probe_lr: f64,
 }
 
 impl Default for EvalSection {
@@ -223,6 +232,8 @@ impl Default for EvalSection {
             test_limit: None,
             batch_size: 256,
             crop_fraction: 0.875,
+            online_probe: true,
+            online_probe_lr: probe_lr(),
         }
     }
 }
@@ -258,6 +269,9 @@ fn point_one() -> f64 {
 }
 fn lars_eta() -> f64 {
     1e-3
+}
+fn probe_lr() -> f64 {
+    1e-4
 }
 fn crop_fraction() -> f64 {
     0.875
@@ -446,6 +460,9 @@ impl TrainConfig {
         }
         if e.batch_size == 0 {
             return bad("eval.batch_size", "must be >= 1".into());
+        }
+        if !positive(e.online_probe_lr) {
+            return bad("eval.online_probe_lr", "must be > 0".into());
         }
         if !(e.crop_fraction > 0.0 && e.crop_fraction <= 1.0) {
             return bad("eval.crop_fraction", "must be in (0, 1]".into());

@@ -93,6 +93,9 @@ pub fn knn_classify(
     })
 }
 
+/// Scores unnormalised test features against their labels (percent).
+pub type TestProbe<'a> = dyn Fn(Tensor<2>, &[usize]) -> anyhow::Result<f64> + 'a;
+
 /// kNN of a frozen trunk: features of a labelled bank (training images) classify a labelled
 /// test split.
 pub struct KnnEvaluator {
@@ -132,6 +135,17 @@ impl KnnEvaluator {
         &self,
         embed: &dyn Fn(Tensor<4>) -> Tensor<2>,
     ) -> anyhow::Result<KnnResult> {
+        Ok(self.evaluate_with_probe(embed, None)?.0)
+    }
+
+    /// kNN accuracy of the features produced by `embed`, and the score `probe` gives the
+    /// unnormalised test features with their labels (the online linear probe's validation
+    /// top-1), from one pass over the test split.
+    pub fn evaluate_with_probe(
+        &self,
+        embed: &dyn Fn(Tensor<4>) -> Tensor<2>,
+        probe: Option<&TestProbe<'_>>,
+    ) -> anyhow::Result<(KnnResult, Option<f64>)> {
         let features = |source| {
             extract_features(
                 source,
@@ -142,16 +156,21 @@ impl KnnEvaluator {
                 embed,
             )
         };
-        let (bank, test) = (features(&self.bank)?, features(&self.test)?);
-        knn_classify(
+        let (bank, test) = (features(&self.bank)?.normalized(), features(&self.test)?);
+        let test_labels = labels(&self.test, test.labels, test.indices, "kNN test")?;
+        let probed = probe
+            .map(|probe| probe(test.features.clone(), &test_labels))
+            .transpose()?;
+        let knn = knn_classify(
             bank.features,
             &labels(&self.bank, bank.labels, bank.indices, "kNN bank")?,
-            test.features,
-            &labels(&self.test, test.labels, test.indices, "kNN test")?,
+            sce_model::l2_normalize(test.features),
+            &test_labels,
             self.k,
             self.temperature,
             self.classes(),
-        )
+        )?;
+        Ok((knn, probed))
     }
 
     /// kNN of a trunk, which must be in evaluation mode on `self.device`.

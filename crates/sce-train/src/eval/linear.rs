@@ -22,7 +22,7 @@ use crate::train::Console;
 #[derive(Module, Debug)]
 pub struct LinearProbe {
     norm: Option<BatchNorm>,
-    linear: Linear,
+    pub(crate) linear: Linear,
 }
 
 impl LinearProbe {
@@ -34,7 +34,11 @@ impl LinearProbe {
                 std: 0.01,
             })
             .init(device);
-        linear.bias = linear.bias.map(|b| b.map(|t| t.zeros_like()));
+        // `zeros_like` makes an untracked tensor: the bias must be asked to require gradients
+        // again, or it would never train.
+        linear.bias = linear
+            .bias
+            .map(|b| b.map(|t| t.zeros_like().require_grad()));
         let norm = feature_bn.then(|| {
             let mut bn = BatchNormConfig::new(features).init(device);
             bn.gamma = bn.gamma.set_require_grad(false);
@@ -131,7 +135,7 @@ pub struct TestAccuracy {
 }
 
 /// Top-1 and top-5 correct counts of `logits` against `labels`.
-fn topk_correct(logits: Tensor<2>, labels: &[usize]) -> (usize, usize) {
+pub(crate) fn topk_correct(logits: Tensor<2>, labels: &[usize]) -> (usize, usize) {
     let [n, classes] = logits.dims();
     let k = 5.min(classes);
     let top = logits.topk_with_indices(k, 1).1;
@@ -281,6 +285,34 @@ mod tests {
         assert_eq!((large.epochs, large.base_lr), (90, 0.1));
         assert_eq!(large.lr_at(0), 0.1);
         assert!(large.lr_at(89) < 1e-3);
+    }
+
+    /// Both the weights and the bias of the classifier train (a zero-initialised bias once
+    /// silently did not).
+    #[test]
+    fn every_parameter_of_the_classifier_trains() {
+        let ad = Device::default().autodiff();
+        let head = LinearProbe::new(3, 2, false, &ad);
+        let x = Tensor::<2>::from_data(
+            TensorData::new(vec![1.0f32, 0.0, 0.5, 0.0, 1.0, -0.5], [2, 3]),
+            &ad,
+        );
+        let targets = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1], [2]), &ad);
+        let loss = CrossEntropyLossConfig::new()
+            .init(&ad)
+            .forward(head.forward(x), targets);
+        let grads = GradientsParams::from_grads(loss.backward(), &head);
+        let values = |head: &LinearProbe| {
+            let flat = |t: Tensor<1>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+            (
+                flat(head.linear.weight.val().flatten(0, 1)),
+                flat(head.linear.bias.as_ref().unwrap().val()),
+            )
+        };
+        let before = values(&head);
+        let after = values(&SgdConfig::new().init().step(0.1, head, grads));
+        assert_ne!(before.0, after.0, "the weights moved");
+        assert_ne!(before.1, after.1, "the bias moved");
     }
 
     #[test]

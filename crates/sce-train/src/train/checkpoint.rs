@@ -20,8 +20,11 @@ use serde::{Deserialize, Serialize};
 use super::state::TrainState;
 use crate::config::TrainConfig;
 
-/// Names of the record files of one checkpoint.
+/// Names of the record files every checkpoint has (Burn's learner records).
 pub const RECORDS: [&str; 3] = ["model", "optim", "scheduler"];
+
+/// Records a checkpoint may have besides, written by the run itself (the online probe's).
+const OPTIONAL_RECORDS: [&str; 2] = super::probe::PROBE_RECORDS;
 
 pub fn record_path(dir: &Path, name: &str, step: usize) -> PathBuf {
     dir.join(format!("{name}-{step}.bpk"))
@@ -76,7 +79,7 @@ pub struct RecordInfo {
 }
 
 impl RecordInfo {
-    fn of(bytes: &[u8]) -> Self {
+    pub fn of(bytes: &[u8]) -> Self {
         Self {
             bytes: bytes.len() as u64,
             crc32: crc32fast::hash(bytes),
@@ -208,7 +211,8 @@ pub fn delete_checkpoint(dir: &Path, step: usize) -> std::io::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    remove_records(dir, &RECORDS, step)
+    remove_records(dir, &RECORDS, step)?;
+    remove_records(dir, &OPTIONAL_RECORDS, step)
 }
 
 /// Save every checkpoint the run asks for; the run itself deletes old ones once a newer one
@@ -249,11 +253,14 @@ pub fn verify(dir: &Path, step: usize) -> anyhow::Result<Manifest> {
     let manifest: Manifest = serde_json::from_slice(&bytes)
         .with_context(|| format!("{} is not a checkpoint manifest", path.display()))?;
     for name in RECORDS {
+        anyhow::ensure!(
+            manifest.records.contains_key(name),
+            "{} lists no {name} record",
+            path.display()
+        );
+    }
+    for (name, expected) in &manifest.records {
         let file = record_path(dir, name, step);
-        let expected = manifest
-            .records
-            .get(name)
-            .with_context(|| format!("{} lists no {name} record", path.display()))?;
         let bytes =
             std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
         let actual = RecordInfo::of(&bytes);

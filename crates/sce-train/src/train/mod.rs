@@ -4,6 +4,7 @@ mod checkpoint;
 mod console;
 mod continuity;
 mod plot;
+mod probe;
 mod run_dir;
 mod signal;
 mod state;
@@ -29,6 +30,7 @@ use sce_model::{MlpConfig, MomentumPairConfig, ResNetConfig};
 
 pub use checkpoint::{Manifest, complete_steps, newest_intact, record_path, verify, write_atomic};
 pub use console::Console;
+pub use probe::OnlineProbe;
 pub use run_dir::{RunDir, Summary};
 pub use state::{EpochRow, TrainState};
 pub use strategy::{Ending, SceStrategy};
@@ -250,6 +252,62 @@ pub fn knn_evaluator(
     }))
 }
 
+/// The online linear probe of a run, when `eval.online_probe` is on and the training images
+/// have labels (said in one line when it is off for want of them).
+fn online_probe(
+    config: &TrainConfig,
+    train: &Arc<dyn ImageSource>,
+    networks: &MomentumPairConfig,
+    device: &Device,
+    console: &Console,
+) -> Option<OnlineProbe> {
+    if !config.eval.online_probe {
+        return None;
+    }
+    if train.num_classes() == 0 {
+        console.line("note: the training images have no labels; the online linear probe is off");
+        return None;
+    }
+    Some(OnlineProbe::new(
+        networks.trunk.feature_dim(),
+        train.num_classes(),
+        config.eval.online_probe_lr,
+        device,
+    ))
+}
+
+/// The probe as checkpoint `step` saved it; a checkpoint without one (the probe was off, or
+/// the run predates it) leaves the probe fresh, with a note.
+fn restore_probe(
+    run: &RunDir,
+    step: usize,
+    manifest: &Manifest,
+    probe: OnlineProbe,
+    console: &Console,
+) -> anyhow::Result<OnlineProbe> {
+    let [classifier, optim] = self::probe::PROBE_RECORDS;
+    if !(manifest.records.contains_key(classifier) && manifest.records.contains_key(optim)) {
+        console.line(format!(
+            "note: the checkpoint at step {step} holds no online probe; the probe starts \
+             untrained"
+        ));
+        return Ok(probe);
+    }
+    let dir = run.checkpoints();
+    let (classifier, optim) = (
+        record_path(&dir, classifier, step),
+        record_path(&dir, optim, step),
+    );
+    probe
+        .load(
+            ModuleRecord::load(&classifier)
+                .map_err(|e| anyhow!("cannot read {}: {e}", classifier.display()))?,
+            OptimizerRecord::load(&optim)
+                .map_err(|e| anyhow!("cannot read {}: {e}", optim.display()))?,
+        )
+        .with_context(|| format!("cannot restore the online probe from {}", dir.display()))
+}
+
 /// Loads checkpoint `step` (already verified, see [`newest_intact`]) into the fresh learner
 /// parts.
 fn restore(
@@ -298,7 +356,7 @@ fn resume_point(
     config: &TrainConfig,
     force: bool,
     console: &Console,
-) -> anyhow::Result<Option<(usize, TrainState)>> {
+) -> anyhow::Result<Option<(usize, Manifest)>> {
     let dir = run.checkpoints();
     remove_stale_temporaries(&dir);
     let newest = newest_intact(&dir, &|warning| console.line(warning));
@@ -311,7 +369,7 @@ fn resume_point(
                 Err(e) if force => console.line(format!("warning: {e} (continuing: --force)")),
                 result => result?,
             }
-            Ok(Some((step, manifest.state)))
+            Ok(Some((step, manifest)))
         }
         None => {
             console.line(format!(
@@ -444,9 +502,23 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
     let peak = peak_learning_rate(config.optim.lr, config.run.batch_size, devices.len());
     let warmup = (config.optim.warmup_epochs * steps_per_epoch as f64).round() as usize;
     let mut scheduler = WarmupCosine::new(peak, warmup, total_steps);
-    let (model, optim, state) = match resume_from {
-        Some((step, state)) => restore(&run, step, state, model, optim, &mut scheduler)?,
-        None => (model, optim, TrainState::fresh(config.run.seed)),
+    let probe = online_probe(
+        &config,
+        &train_source,
+        &pair_config(&config, channels),
+        &train_device,
+        &console,
+    );
+    let (model, optim, state, probe) = match resume_from {
+        Some((step, manifest)) => {
+            let probe = probe
+                .map(|probe| restore_probe(&run, step, &manifest, probe, &console))
+                .transpose()?;
+            let (model, optim, state) =
+                restore(&run, step, manifest.state, model, optim, &mut scheduler)?;
+            (model, optim, state, probe)
+        }
+        None => (model, optim, TrainState::fresh(config.run.seed), probe),
     };
     if state.epoch >= config.run.epochs {
         console.line(format!(
@@ -481,6 +553,7 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
         devices: train_devices,
         loader: loader.clone(),
         evaluator,
+        probe: probe.map(Mutex::new),
         run: run.clone(),
         console,
         epochs: config.run.epochs,
@@ -562,6 +635,8 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
                 final_loss: last.loss,
                 knn_top1: last.knn_top1,
                 knn_top1_initial: state.knn_initial,
+                probe_top1: last.probe_top1,
+                probe_train_top1: last.probe_train_top1,
                 images_per_s: state.train_images as f64 / state.train_seconds.max(1e-9),
                 seconds: state.wall_seconds,
                 skipped,

@@ -1,4 +1,4 @@
-//! `training.png`: loss, learning rate and kNN accuracy per epoch (plotters, drawn into a
+//! `training.png`: loss, learning rate and accuracy (kNN, online probe) per epoch (plotters, drawn into a
 //! buffer and encoded with `image`). Text needs a TrueType font: the first common system font
 //! found is used; without one the curves are drawn unlabelled.
 
@@ -34,18 +34,28 @@ fn register_font() -> bool {
     })
 }
 
+/// One named curve of a panel.
+struct Curve<'a> {
+    name: &'a str,
+    points: Vec<(f64, f64)>,
+    color: RGBColor,
+}
+
 fn panel(
     area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
     title: &str,
-    points: &[(f64, f64)],
-    color: RGBColor,
+    curves: &[Curve],
     labelled: bool,
 ) -> anyhow::Result<()> {
-    if points.is_empty() {
+    let all: Vec<(f64, f64)> = curves.iter().flat_map(|c| c.points.clone()).collect();
+    if all.is_empty() {
         return Ok(());
     }
-    let (x0, x1) = (points[0].0, points.last().unwrap().0.max(points[0].0 + 1.0));
-    let (mut y0, mut y1) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
+    let (x0, x1) = all.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
+        (lo.min(p.0), hi.max(p.0))
+    });
+    let x1 = x1.max(x0 + 1.0);
+    let (mut y0, mut y1) = all.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
         (lo.min(p.1), hi.max(p.1))
     });
     if (y1 - y0).abs() < 1e-12 {
@@ -72,15 +82,35 @@ fn panel(
             .y_labels(0);
     }
     mesh.draw()?;
-    chart.draw_series(LineSeries::new(
-        points.iter().copied(),
-        color.stroke_width(2),
-    ))?;
-    chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+    for curve in curves.iter().filter(|c| !c.points.is_empty()) {
+        let color = curve.color;
+        chart
+            .draw_series(LineSeries::new(
+                curve.points.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(curve.name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
+        chart.draw_series(
+            curve
+                .points
+                .iter()
+                .map(|&p| Circle::new(p, 3, color.filled())),
+        )?;
+    }
+    if labelled && curves.len() > 1 {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::MiddleLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .draw()?;
+    }
     Ok(())
 }
 
-/// Draws the three curves side by side into `path`.
+/// Draws the three panels side by side into `path`.
 pub fn plot_history(
     path: &Path,
     rows: &[EpochRow],
@@ -98,23 +128,40 @@ pub fn plot_history(
                 .filter_map(|r| f(r).map(|v| (r.epoch as f64, v)))
                 .collect()
         };
+        let curve = |name, points, color| Curve {
+            name,
+            points,
+            color,
+        };
         panel(
             &panels[0],
             "training loss",
-            &series(&|r| Some(r.loss)),
-            BLUE,
+            &[curve("loss", series(&|r| Some(r.loss)), BLUE)],
             labelled,
         )?;
         panel(
             &panels[1],
             "learning rate (end of epoch)",
-            &series(&|r| Some(r.lr)),
-            RED,
+            &[curve("lr", series(&|r| Some(r.lr)), RED)],
             labelled,
         )?;
         let mut knn: Vec<(f64, f64)> = knn_initial.map(|v| (0.0, v)).into_iter().collect();
         knn.extend(series(&|r| r.knn_top1));
-        panel(&panels[2], "kNN top-1 (%)", &knn, GREEN, labelled)?;
+        let accuracy = [
+            curve("kNN", knn, GREEN),
+            curve("probe (test)", series(&|r| r.probe_top1), MAGENTA),
+            curve(
+                "probe (train batches)",
+                series(&|r| r.probe_train_top1),
+                RGBColor(230, 140, 0),
+            ),
+        ];
+        let title = if accuracy[1..].iter().all(|c| c.points.is_empty()) {
+            "kNN top-1 (%)"
+        } else {
+            "top-1 (%)"
+        };
+        panel(&panels[2], title, &accuracy, labelled)?;
         root.present()?;
     }
     let image = image::RgbImage::from_raw(width, height, buffer).context("plot buffer size")?;

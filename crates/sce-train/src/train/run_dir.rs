@@ -24,6 +24,12 @@ pub struct Summary {
     pub final_loss: f64,
     pub knn_top1: Option<f64>,
     pub knn_top1_initial: Option<f64>,
+    /// The online linear probe's top-1 on the kNN test set after the last epoch, and its
+    /// accuracy on the last epoch's training batches (percent; absent when it is off).
+    #[serde(default)]
+    pub probe_top1: Option<f64>,
+    #[serde(default)]
+    pub probe_train_top1: Option<f64>,
     /// Source images per second of training (evaluation excluded).
     pub images_per_s: f64,
     /// Wall time of the run, evaluation included.
@@ -147,13 +153,24 @@ impl RunDir {
     }
 
     pub fn write_metrics(&self, rows: &[EpochRow]) -> anyhow::Result<()> {
-        let mut csv =
-            String::from("epoch,step,loss,lr,positive_similarity,knn_top1,images_per_s,seconds\n");
+        let mut csv = String::from(
+            "epoch,step,loss,lr,positive_similarity,knn_top1,probe_train_top1,probe_top1,\
+             images_per_s,seconds\n",
+        );
+        let percent = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_default();
         for r in rows {
-            let knn = r.knn_top1.map(|v| format!("{v:.4}")).unwrap_or_default();
             csv.push_str(&format!(
-                "{},{},{:.6},{:.6e},{:.6},{knn},{:.2},{:.2}\n",
-                r.epoch, r.step, r.loss, r.lr, r.positive_similarity, r.images_per_s, r.seconds
+                "{},{},{:.6},{:.6e},{:.6},{},{},{},{:.2},{:.2}\n",
+                r.epoch,
+                r.step,
+                r.loss,
+                r.lr,
+                r.positive_similarity,
+                percent(r.knn_top1),
+                percent(r.probe_train_top1),
+                percent(r.probe_top1),
+                r.images_per_s,
+                r.seconds
             ));
         }
         let path = self.path.join("metrics.csv");

@@ -11,6 +11,13 @@ pub struct EpochRow {
     pub lr: f64,
     pub positive_similarity: f64,
     pub knn_top1: Option<f64>,
+    /// The online probe's accuracy on the epoch's training batches, each counted before the
+    /// probe's step on it (percent; absent when the probe is off).
+    #[serde(default)]
+    pub probe_train_top1: Option<f64>,
+    /// The online probe's top-1 on the kNN test set, at each kNN evaluation.
+    #[serde(default)]
+    pub probe_top1: Option<f64>,
     pub images_per_s: f64,
     pub seconds: f64,
 }
@@ -32,6 +39,11 @@ pub struct TrainState {
     pub epoch_similarity_sum: f64,
     pub epoch_batches: usize,
     pub epoch_seconds: f64,
+    /// Labelled images the online probe saw this epoch, and how many it got right.
+    #[serde(default)]
+    pub epoch_probe_seen: usize,
+    #[serde(default)]
+    pub epoch_probe_correct: usize,
     /// Training time and images across all epochs, for the throughput figure.
     pub train_seconds: f64,
     pub train_images: usize,

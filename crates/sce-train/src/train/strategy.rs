@@ -15,7 +15,7 @@ use burn::data::dataloader::Progress;
 use burn::module::Module;
 use burn::optim::GradientsAccumulator;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use burn::train::metric::store::EventStoreClient;
 use burn::train::train::MultiDevicesTrainStep;
 use burn::train::{
@@ -26,13 +26,16 @@ use burn::train::{
 use sce_data::ViewLoader;
 use sce_model::params::sync_buffers;
 
-use super::checkpoint::{Manifest, SaveLog, delete_checkpoint, state_path, write_atomic};
+use super::checkpoint::{
+    Manifest, RecordInfo, SaveLog, delete_checkpoint, record_path, state_path, write_atomic,
+};
 use super::console::Console;
 use super::plot::plot_history;
+use super::probe::OnlineProbe;
 use super::run_dir::RunDir;
 use super::state::{EpochRow, TrainState};
 use crate::eval::KnnEvaluator;
-use crate::model::{SceModel, SceOutput};
+use crate::model::{ProbeInput, SceModel, SceOutput};
 use indicatif::ProgressBar;
 
 /// How a training session ended (errors aside).
@@ -47,6 +50,8 @@ pub struct SceStrategy {
     pub devices: Vec<Device>,
     pub loader: ViewLoader,
     pub evaluator: Option<KnnEvaluator>,
+    /// The online linear probe, when on (see [`OnlineProbe`]).
+    pub probe: Option<Mutex<OnlineProbe>>,
     pub run: RunDir,
     pub console: Console,
     pub epochs: usize,
@@ -66,15 +71,54 @@ pub struct SceStrategy {
 type Processor = SupervisedTrainingEventProcessor<SceModel>;
 
 impl SceStrategy {
-    fn knn(&self, learner: &Learner<SceModel>) -> anyhow::Result<Option<f64>> {
+    /// kNN top-1 of the online trunk and, with `probe`, the online probe's top-1 on the same
+    /// test features.
+    fn knn(
+        &self,
+        learner: &Learner<SceModel>,
+        probe: bool,
+    ) -> anyhow::Result<(Option<f64>, Option<f64>)> {
         let Some(evaluator) = &self.evaluator else {
-            return Ok(None);
+            return Ok((None, None));
         };
         let model = learner.model().valid();
-        let result = evaluator
-            .evaluate(&model.pair.online().trunk)
+        let trunk = &model.pair.online().trunk;
+        let probe = self.probe.as_ref().filter(|_| probe);
+        let score = |features: Tensor<2>, labels: &[usize]| {
+            probe
+                .expect("only called with a probe")
+                .lock()
+                .unwrap()
+                .accuracy(features, labels)
+        };
+        let (knn, probed) = evaluator
+            .evaluate_with_probe(
+                &|x| trunk.forward(x),
+                probe.is_some().then_some(&score as &crate::eval::TestProbe),
+            )
             .with_context(|| format!("kNN evaluation of {}", self.run.path.display()))?;
-        Ok(Some(result.top1))
+        Ok((Some(knn.top1), probed))
+    }
+
+    /// Writes the online probe's records of checkpoint `step` (synchronously, atomically).
+    fn save_probe(&self, step: usize) -> anyhow::Result<Vec<(String, RecordInfo)>> {
+        let Some(probe) = &self.probe else {
+            return Ok(Vec::new());
+        };
+        let (classifier, optim) = probe.lock().unwrap().records();
+        let dir = self.run.checkpoints();
+        let mut written = Vec::new();
+        for (name, bytes) in [
+            ("probe", classifier.into_bytes()),
+            ("probe_optim", optim.into_bytes()),
+        ] {
+            let path = record_path(&dir, name, step);
+            let bytes = bytes.map_err(|e| anyhow!("cannot serialise {}: {e}", path.display()))?;
+            write_atomic(&path, &bytes)
+                .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
+            written.push((name.to_string(), RecordInfo::of(&bytes)));
+        }
+        Ok(written)
     }
 
     /// Saves a checkpoint and returns only once it is complete and durable: Burn's threads
@@ -99,7 +143,8 @@ impl SceStrategy {
         let not_saved =
             |e: anyhow::Error| anyhow!("cannot save the checkpoint at step {step}: {e:#}");
         checkpointer.checkpoint(learner, step, store);
-        let records = self.saves.wait(step).map_err(not_saved)?;
+        let mut records = self.saves.wait(step).map_err(not_saved)?;
+        records.extend(self.save_probe(step).map_err(not_saved)?);
         let manifest = Manifest {
             state: state.clone(),
             records,
@@ -139,7 +184,7 @@ impl SceStrategy {
         let fresh = state.global_step == 0 && state.batch_in_epoch == 0;
         if fresh && state.knn_initial.is_none() && self.evaluator.is_some() {
             self.console.line("kNN of the untrained network…");
-            state.knn_initial = self.knn(learner)?;
+            state.knn_initial = self.knn(learner, false)?.0;
             if let Some(v) = state.knn_initial {
                 self.console.line(format!("epoch 0: kNN top-1 {v:.2}%"));
             }
@@ -180,12 +225,14 @@ impl SceStrategy {
             interrupter.fail_on_error(processor.process_train(LearnerEvent::EndSplit(epoch + 1)));
 
             let last = epoch + 1 == self.epochs;
-            let knn = if last || (epoch + 1).is_multiple_of(self.knn_every) {
-                self.knn(learner)?
+            let (knn, probe_top1) = if last || (epoch + 1).is_multiple_of(self.knn_every) {
+                self.knn(learner, true)?
             } else {
-                None
+                (None, None)
             };
             let batches = state.epoch_batches.max(1) as f64;
+            let probe_train_top1 = (state.epoch_probe_seen > 0)
+                .then(|| 100.0 * state.epoch_probe_correct as f64 / state.epoch_probe_seen as f64);
             let row = EpochRow {
                 epoch: epoch + 1,
                 step: state.global_step,
@@ -193,20 +240,26 @@ impl SceStrategy {
                 lr: learner.lr_current().base(),
                 positive_similarity: state.epoch_similarity_sum / batches,
                 knn_top1: knn,
+                probe_train_top1,
+                probe_top1,
                 images_per_s: (state.epoch_batches * self.batch_size * self.devices.len()) as f64
                     / state.epoch_seconds.max(1e-9),
                 seconds: state.epoch_seconds,
             };
+            let percent = |name: &str, v: Option<f64>| {
+                v.map(|v| format!("  {name} {v:.2}%")).unwrap_or_default()
+            };
             self.console.line(format!(
-                "epoch {}/{}: loss {:.4}  lr {:.4}  pos-sim {:.3}  {:.1} img/s{}",
+                "epoch {}/{}: loss {:.4}  lr {:.4}  pos-sim {:.3}  {:.1} img/s{}{}{}",
                 row.epoch,
                 self.epochs,
                 row.loss,
                 row.lr,
                 row.positive_similarity,
                 row.images_per_s,
-                knn.map(|v| format!("  kNN top-1 {v:.2}%"))
-                    .unwrap_or_default()
+                percent("kNN top-1", knn),
+                percent("probe train", probe_train_top1),
+                percent("probe top-1", probe_top1),
             ));
             state.history.push(row);
             state.epoch = epoch + 1;
@@ -215,6 +268,8 @@ impl SceStrategy {
             state.epoch_similarity_sum = 0.0;
             state.epoch_batches = 0;
             state.epoch_seconds = 0.0;
+            state.epoch_probe_seen = 0;
+            state.epoch_probe_correct = 0;
             interrupter.fail_on_error(processor.process_train(LearnerEvent::EndEpoch(epoch + 1)));
             self.run.write_metrics(&state.history)?;
             if let Err(e) = plot_history(
@@ -258,6 +313,15 @@ impl EpochRun<'_> {
         self.bar.set_message(format!("loss {loss:.4}"));
     }
 
+    /// One step of the online probe on the step's detached features, if it is on.
+    fn probe(&mut self, probe: Option<&Mutex<OnlineProbe>>, input: Option<ProbeInput>) {
+        if let (Some(probe), Some(input)) = (probe, input) {
+            let (correct, seen) = probe.lock().unwrap().train_step(input);
+            self.state.epoch_probe_correct += correct;
+            self.state.epoch_probe_seen += seen;
+        }
+    }
+
     fn check_finite(&self, loss: f64, checkpoints: &std::path::Path) -> anyhow::Result<()> {
         if loss.is_finite() {
             return Ok(());
@@ -299,12 +363,13 @@ impl SceStrategy {
         while let Some(item) = batches.next() {
             let batch = item.map_err(|e| anyhow!("reading training data: {e}"))?;
             let progress = batches.progress();
-            let output = learner.train_step(batch);
+            let mut output = learner.train_step(batch);
             let loss = scalar(&output.item.loss);
             run.check_finite(loss, &self.run.checkpoints())?;
             let similarity = scalar(&output.item.positive_similarity);
             learner.lr_step();
             learner.optimizer_step(output.grads);
+            run.probe(self.probe.as_ref(), output.item.probe.take());
             let seconds = tick.elapsed().as_secs_f64();
             tick = Instant::now();
             run.record(loss, similarity, self.batch_size, seconds);
@@ -345,15 +410,18 @@ impl SceStrategy {
             let mut accumulator = GradientsAccumulator::new();
             let (mut loss, mut similarity) = (0.0, 0.0);
             let mut items = Vec::with_capacity(outputs.len());
-            for out in outputs {
+            let mut probe_inputs = Vec::with_capacity(outputs.len());
+            for mut out in outputs {
                 loss += scalar(&out.output.item.loss) / count;
                 similarity += scalar(&out.output.item.positive_similarity) / count;
                 accumulator.accumulate(&model, out.output.grads.to_device(main, &model));
+                probe_inputs.extend(out.output.item.probe.take());
                 items.push(out.output.item);
             }
             run.check_finite(loss, &self.run.checkpoints())?;
             learner.lr_step();
             learner.optimizer_step(accumulator.grads());
+            run.probe(self.probe.as_ref(), ProbeInput::gather(probe_inputs, main));
             let seconds = tick.elapsed().as_secs_f64();
             tick = Instant::now();
             run.record(loss, similarity, self.batch_size * n, seconds);
