@@ -153,19 +153,95 @@ fn embed_writes_embeddings_and_a_query_finds_itself() {
     assert_eq!(file.tensor("labels").unwrap().shape(), &[20]);
 }
 
+/// The default export is torchvision-named: it loads through the torchvision importer into
+/// exactly the weights of the Burn-named export (same features bit for bit), comes with a JSON
+/// description, and `--heads` adds the projector under PyTorch's layout.
 #[test]
-fn export_writes_a_loadable_trunk() {
-    let Some(data) = common::data_dir("export_writes_a_loadable_trunk") else {
+fn export_writes_torchvision_names_that_load_back_exactly() {
+    let Some(data) = common::data_dir("export_writes_torchvision_names") else {
         return;
     };
     let run = trained_run(&data);
     let dir = tempfile::tempdir().unwrap();
-    let output = dir.path().join("trunk.safetensors");
-    on_run(&run, &["export", "--output", output.to_str().unwrap()]);
-    let trunk = sce_model::ResNetConfig::new(sce_model::Depth::R18, sce_model::Stem::Cifar)
-        .with_in_channels(1)
-        .with_width(4)
-        .init(&burn::tensor::Device::default())
-        .unwrap();
-    sce_model::weights::load_safetensors(trunk, &output).unwrap();
+    let torch = dir.path().join("trunk.safetensors");
+    let burn_names = dir.path().join("burn.safetensors");
+    let out = on_run(
+        &run,
+        &[
+            "export",
+            "--output",
+            torch.to_str().unwrap(),
+            "--heads",
+            "--json",
+        ],
+    );
+    on_run(
+        &run,
+        &[
+            "export",
+            "--output",
+            burn_names.to_str().unwrap(),
+            "--format",
+            "burn",
+        ],
+    );
+    let info = json_line(&out);
+    let described: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("trunk.json")).unwrap())
+            .unwrap();
+    assert_eq!(info, described, "stdout JSON equals trunk.json");
+    assert_eq!(info["format"], "torchvision");
+    assert_eq!(info["architecture"], "resnet18");
+    assert_eq!(info["stem"], "cifar");
+    assert_eq!(
+        (info["width"].as_u64(), info["in_channels"].as_u64()),
+        (Some(4), Some(1))
+    );
+    assert!(
+        info["torchvision"].is_null(),
+        "no torchvision ResNet is 4 wide"
+    );
+    assert_eq!(info["steps"], 16);
+    assert_eq!(info["normalization"]["mean"].as_array().unwrap().len(), 1);
+    assert!(
+        info["predictor"].is_null(),
+        "the tiny recipe has no predictor"
+    );
+
+    let device = burn::tensor::Device::default();
+    let fresh = || {
+        sce_model::ResNetConfig::new(sce_model::Depth::R18, sce_model::Stem::Cifar)
+            .with_in_channels(1)
+            .with_width(4)
+            .init(&device)
+            .unwrap()
+    };
+    let a = sce_model::weights::load_torchvision(fresh(), &torch, None).unwrap();
+    let b = sce_model::weights::load_safetensors(fresh(), &burn_names).unwrap();
+    let x = burn::tensor::Tensor::<4>::random(
+        [3, 1, 28, 28],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let features = |t: &sce_model::ResNet| {
+        t.forward(x.clone())
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
+    assert_eq!(features(&a), features(&b));
+
+    let bytes = std::fs::read(dir.path().join("trunk.projector.safetensors")).unwrap();
+    let projector = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(
+        projector.tensor("layers.0.linear.weight").unwrap().shape(),
+        &[64, 32],
+        "Linear weights as PyTorch's [out, in]"
+    );
+    assert!(
+        projector
+            .tensor("layers.0.norm.num_batches_tracked")
+            .is_ok()
+    );
 }

@@ -102,6 +102,11 @@ impl MomentumPair {
         &self.target
     }
 
+    /// The online branch's predictor, if the method has one.
+    pub fn predictor(&self) -> Option<&Mlp> {
+        self.predictor.as_ref()
+    }
+
     /// `q = normalize(predictor(projector(trunk(x))))`, the predictor being the identity if absent.
     pub fn online_embed(&self, x: Tensor<4>) -> Tensor<2> {
         self.online_embed_with_features(x).0

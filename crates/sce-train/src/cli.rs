@@ -38,8 +38,8 @@ pub enum Command {
     Linear(crate::commands::LinearCmd),
     /// Embeddings of images with a run's trunk; nearest-neighbour image retrieval.
     Embed(crate::commands::EmbedCmd),
-    /// Write a run's online trunk as safetensors.
-    Export(crate::commands::ExportCmd),
+    /// Write a run's online trunk (and heads) as safetensors, under torchvision's names.
+    Export(crate::export::ExportCmd),
     /// Benchmarks: augmentation throughput, training-step throughput.
     #[command(subcommand)]
     Bench(crate::bench::BenchCmd),

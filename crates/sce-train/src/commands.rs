@@ -1,4 +1,4 @@
-//! The evaluation and export commands, each on a run directory written by `pretrain`; the
+//! The evaluation commands, each on a run directory written by `pretrain`; the
 //! protocols themselves live in [`crate::eval`].
 
 use std::path::{Path, PathBuf};
@@ -28,12 +28,12 @@ use crate::train::{
 
 /// A run's online trunk in evaluation mode on a plain (non-autodiff) device.
 fn trained_trunk(run: &Path, device: &Device) -> anyhow::Result<(TrainConfig, ResNet)> {
-    let (config, model) = load_run(run, device)?;
-    let trunk = model.valid().pair.online().trunk.clone();
-    Ok((config, trunk))
+    let run = load_run(run, device)?;
+    let trunk = run.model.valid().pair.online().trunk.clone();
+    Ok((run.config, trunk))
 }
 
-fn print_json<T: Serialize>(common: &Common, value: &T) -> anyhow::Result<()> {
+pub(crate) fn print_json<T: Serialize>(common: &Common, value: &T) -> anyhow::Result<()> {
     if common.json {
         println!("{}", serde_json::to_string(value)?);
     }
@@ -458,29 +458,4 @@ fn write_embeddings(
         std::collections::HashMap::from([("names".to_string(), serde_json::to_string(names)?)]);
     let data = safetensors::serialize(tensors, Some(metadata))?;
     write_atomic(path, &data).with_context(|| format!("cannot write {}", path.display()))
-}
-
-#[derive(Args, Debug)]
-pub struct ExportCmd {
-    #[command(flatten)]
-    pub common: Common,
-    /// Run directory written by `pretrain`.
-    #[arg(long, value_name = "RUN_DIR")]
-    pub checkpoint: PathBuf,
-    /// Destination of the online trunk (safetensors).
-    #[arg(long, value_name = "FILE.safetensors")]
-    pub output: PathBuf,
-}
-
-impl ExportCmd {
-    pub fn run(&self) -> anyhow::Result<()> {
-        let device = parse_device(&self.common.device)?;
-        let (_, trunk) = trained_trunk(&self.checkpoint, &device)?;
-        sce_model::weights::save_safetensors(&trunk, &self.output)?;
-        self.common.console().line(format!(
-            "wrote the online trunk to {}",
-            self.output.display()
-        ));
-        print_json(&self.common, &serde_json::json!({ "output": self.output }))
-    }
 }

@@ -9,6 +9,7 @@
 //! - [`optim`]: LARS and the warmup + cosine schedule.
 //! - [`train`]: the epoch loop (a custom learning strategy), run directory, checkpoints.
 //! - [`eval`]: kNN, linear evaluation, embeddings.
+//! - [`export`]: trained weights for PyTorch (torchvision's names) or Burn, with what to know.
 //! - [`bench`]: augmentation and training-step benchmarks.
 //! - [`check`]: a device's arithmetic against float64 references (`sce-train check`).
 //! - [`fetch`]: datasets found or downloaded ahead of a run (`sce-train fetch`).
@@ -21,6 +22,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod fetch;
 pub mod model;
 pub mod optim;

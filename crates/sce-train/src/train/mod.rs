@@ -679,12 +679,17 @@ pub fn channels_of(config: &TrainConfig) -> usize {
         .unwrap_or(config.data.dataset.channels())
 }
 
-/// A run's configuration and its networks with the weights of its newest checkpoint, on
-/// `device` (queue and optimizer state are not needed to evaluate or export).
-pub fn load_run(
-    run_dir: &std::path::Path,
-    device: &Device,
-) -> anyhow::Result<(TrainConfig, SceModel)> {
+/// A run's configuration and its networks with the weights of its newest intact checkpoint.
+pub struct TrainedRun {
+    pub config: TrainConfig,
+    pub model: SceModel,
+    /// The optimizer steps that checkpoint was trained for.
+    pub step: usize,
+}
+
+/// Loads a run's newest intact checkpoint onto `device` (queue and optimizer state are not
+/// needed to evaluate or export).
+pub fn load_run(run_dir: &std::path::Path, device: &Device) -> anyhow::Result<TrainedRun> {
     let run = RunDir::open(run_dir.to_path_buf())?;
     let config = load_config(&ConfigSource {
         path: run.config_path(),
@@ -707,7 +712,11 @@ pub fn load_run(
             file.display()
         )
     })?;
-    Ok((config, model))
+    Ok(TrainedRun {
+        config,
+        model,
+        step,
+    })
 }
 
 /// The untrained networks of a configuration (seeded by `run.seed`), for `total_steps` steps.
