@@ -208,7 +208,7 @@ fn check_reports_every_case_on_the_cpu() {
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("batch norm") && stderr.contains("all 9 checks passed"),
+        stderr.contains("batch norm") && stderr.contains("all 11 checks passed"),
         "{stderr}"
     );
 }

@@ -18,7 +18,10 @@ pub mod weights;
 pub use error::ModelError;
 pub use mlp::{Mlp, MlpConfig};
 pub use momentum::{Branch, MomentumPair, MomentumPairConfig, MomentumSchedule, l2_normalize};
-pub use norm::split_batch_norm;
+pub use norm::{
+    StatisticsReduction, batch_norm_with_statistics, set_statistics_reduction, split_batch_norm,
+    statistics_reduction,
+};
 pub use resnet::{Depth, ResNet, ResNetConfig, Stem};
 
 #[cfg(test)]

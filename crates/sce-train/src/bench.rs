@@ -305,6 +305,8 @@ impl StepBench {
     pub fn run(&self) -> anyhow::Result<()> {
         let config = self.config()?;
         let device = parse_device(&self.common.device)?;
+        // Benchmark the batch norms training would use on this device.
+        crate::check::adapt_to_device(&device);
         let ad = device.clone().autodiff();
         let total = self.steps + 1;
         let model = fresh_model(&config, total, &ad)?;
@@ -378,6 +380,8 @@ impl StepBench {
     pub fn run_trunk(&self) -> anyhow::Result<()> {
         let config = self.config()?;
         let device = parse_device(&self.common.device)?;
+        // Benchmark the batch norms training would use on this device.
+        crate::check::adapt_to_device(&device);
         let ad = device.clone().autodiff();
         device.seed(0);
         let trunk = crate::train::pair_config(&config, 3).trunk.init(&ad)?;

@@ -3,13 +3,13 @@
 //! same inputs (never with another Burn backend, so the CPU backend is checked too).
 
 use burn::nn::LinearConfig;
-use burn::tensor::module::{batch_norm_train, conv2d};
+use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 use sce_loss::golden::{BUNDLED, GoldenFile};
 use sce_loss::{QueueObjective, SceLoss};
 use sce_model::params::{ema_update, named_tensors};
-use sce_model::{Depth, ResNetConfig, Stem};
+use sce_model::{Depth, ResNetConfig, Stem, batch_norm_with_statistics, statistics_reduction};
 use serde::Serialize;
 
 /// One check's verdict: the largest error seen against the reference, and the tolerance.
@@ -49,6 +49,8 @@ pub type Case = (&'static str, fn(&Device) -> CheckOutcome);
 
 /// Every check, in the order a training step meets the operations.
 pub const CASES: &[Case] = &[
+    (SHORT_ROWS, short_rows),
+    (LONG_ROW, long_row),
     (LONG_REDUCTION, long_reduction),
     (MATMUL, matmul),
     (CONV, conv_forward_backward),
@@ -60,6 +62,8 @@ pub const CASES: &[Case] = &[
     (SHAPES, trunk_shapes),
 ];
 
+const SHORT_ROWS: &str = "sum over many short rows (8,192 × 64)";
+const LONG_ROW: &str = "sum over one long row (1 × 300,000)";
 const LONG_REDUCTION: &str = "mean over long rows (4 × 100,352)";
 const MATMUL: &str = "matmul (256 × 96 · 96 × 80)";
 const CONV: &str = "conv2d 3×3 forward, input and weight gradients";
@@ -123,20 +127,45 @@ fn relative_error(got: &[f64], expected: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// The reduction behind batch-norm statistics and means, over rows longer than 2^16 elements:
-/// the case Mesa's lavapipe gets wrong (docs/backends.md).
-fn long_reduction(device: &Device) -> CheckOutcome {
-    let (rows, len) = (4, 100_352);
+/// Row sums (or means) of `rows × len` values, row `r` offset by `r` so rows differ, against
+/// float64.
+fn row_reduction(
+    name: &'static str,
+    rows: usize,
+    len: usize,
+    mean: bool,
+    device: &Device,
+) -> CheckOutcome {
     let mut x = host_values(rows * len, 1);
     for (i, v) in x.iter_mut().enumerate() {
         *v += (i / len) as f32;
     }
+    let scale = if mean { len as f64 } else { 1.0 };
     let expected: Vec<f64> = x
         .chunks(len)
-        .map(|row| row.iter().map(|&v| v as f64).sum::<f64>() / len as f64)
+        .map(|row| row.iter().map(|&v| v as f64).sum::<f64>() / scale)
         .collect();
-    let got = download(upload(&x, [rows, len], device).mean_dim(1));
-    CheckOutcome::new(LONG_REDUCTION, relative_error(&got, &expected), TIGHT)
+    let x = upload(&x, [rows, len], device);
+    let got = download(if mean { x.mean_dim(1) } else { x.sum_dim(1) });
+    CheckOutcome::new(name, relative_error(&got, &expected), TIGHT)
+}
+
+/// Many rows, each short: a device that runs out of work per invocation on the total, not
+/// per row, fails here.
+fn short_rows(device: &Device) -> CheckOutcome {
+    row_reduction(SHORT_ROWS, 8_192, 64, false, device)
+}
+
+/// One row longer than 2^16 elements: a device whose shader invocations may only loop so many
+/// times (Mesa's llvmpipe: 65,535 iterations) fails here even with nothing else to do.
+fn long_row(device: &Device) -> CheckOutcome {
+    row_reduction(LONG_ROW, 1, 300_000, false, device)
+}
+
+/// The reduction behind batch-norm statistics, over rows longer than 2^16 elements: the case
+/// Mesa's lavapipe gets wrong (docs/backends.md).
+pub(super) fn long_reduction(device: &Device) -> CheckOutcome {
+    row_reduction(LONG_REDUCTION, 4, 100_352, true, device)
 }
 
 fn matmul(device: &Device) -> CheckOutcome {
@@ -295,10 +324,11 @@ fn batch_norm_forward(device: &Device) -> CheckOutcome {
         })
         .collect();
     let (x, gamma, beta) = case.tensors(device);
-    let result = batch_norm_train(x, gamma, beta, BN_EPSILON);
-    let error = relative_error(&download(result.mean), &mean)
-        .max(relative_error(&download(result.variance), &var))
-        .max(relative_error(&download(result.output), &expected));
+    let (output, batch_mean, batch_var) =
+        batch_norm_with_statistics(x, gamma, beta, BN_EPSILON, statistics_reduction());
+    let error = relative_error(&download(batch_mean), &mean)
+        .max(relative_error(&download(batch_var), &var))
+        .max(relative_error(&download(output), &expected));
     CheckOutcome::new(BN_FORWARD, error, TIGHT)
 }
 
@@ -328,7 +358,8 @@ fn batch_norm_backward(device: &Device) -> CheckOutcome {
     let ad = device.clone().autodiff();
     let (x, gamma, beta) = case.tensors(&ad);
     let x = x.require_grad();
-    let out = batch_norm_train(x.clone(), gamma, beta, BN_EPSILON).output;
+    let out =
+        batch_norm_with_statistics(x.clone(), gamma, beta, BN_EPSILON, statistics_reduction()).0;
     let grads = (out * upload(&case.g, case.shape, &ad)).sum().backward();
     let got = x.grad(&grads).map(download).unwrap_or_default();
     CheckOutcome::new(BN_BACKWARD, relative_error(&got, &expected), TIGHT)

@@ -1,16 +1,18 @@
 //! `sce-train check`: a numerical self-test of a device before trusting it with a long run.
 //!
 //! GPU backends can compute wrong numbers without failing: on Mesa's lavapipe (a software
-//! Vulkan device) Burn 0.22's wgpu backend sums only the first 2^18 elements of a long
-//! reduction, so batch-norm statistics are wrong and training silently learns nothing
-//! (docs/backends.md). Each case compares an operation training depends on with a float64
-//! reference computed on the host.
+//! Vulkan device) a reduction over long rows stops part way, because llvmpipe leaves a
+//! shader's loops after 65,535 iterations, so Burn's fused batch-norm statistics are wrong and
+//! training silently learns nothing (docs/backends.md). Each case compares an operation
+//! training depends on with a float64 reference computed on the host. The batch-norm cases
+//! check the statistics training will use on the device ([`adapt_to_device`]).
 
 mod cases;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use clap::Args;
+use sce_model::{StatisticsReduction, set_statistics_reduction};
 use serde::Serialize;
 
 pub use cases::{CASES, CheckOutcome};
@@ -29,6 +31,35 @@ struct CheckReport {
     device: String,
     passed: bool,
     checks: Vec<CheckOutcome>,
+}
+
+/// Chooses how training batch norms reduce their statistics on `device`, for the whole
+/// process: Burn's fused operation where a long reduction comes out right, short reductions
+/// where it does not (the device is told apart by what it computes, not by its name).
+/// `SCE_BN_STATISTICS=short` or `=fused` overrides the choice (to measure either path).
+pub fn adapt_to_device(device: &burn::tensor::Device) -> StatisticsReduction {
+    let reduction = match std::env::var("SCE_BN_STATISTICS").as_deref() {
+        Ok("short") => StatisticsReduction::Short,
+        Ok("fused") => StatisticsReduction::Fused,
+        _ => {
+            let exact = catch_unwind(AssertUnwindSafe(|| cases::long_reduction(device).passed));
+            if exact.unwrap_or(false) {
+                StatisticsReduction::Fused
+            } else {
+                StatisticsReduction::Short
+            }
+        }
+    };
+    set_statistics_reduction(reduction);
+    reduction
+}
+
+/// The one line said when a device needs short reductions.
+pub fn short_reductions_note(device: &burn::tensor::Device) -> String {
+    format!(
+        "note: batch-norm statistics use short reductions (width, height, batch) on {device:?}: \
+         it sums long rows wrongly (see `sce-train check`), or SCE_BN_STATISTICS=short asks for them"
+    )
 }
 
 /// Runs every case on `device`, reporting each as it finishes. A panic inside the backend
@@ -78,6 +109,9 @@ impl CheckCmd {
             "checking {device:?} against float64 references ({} checks)…",
             CASES.len()
         ));
+        if adapt_to_device(&device) == StatisticsReduction::Short {
+            console.line(short_reductions_note(&device));
+        }
         let checks = run_checks(&device, |outcome| console.line(describe(outcome)));
         let failed: Vec<&str> = checks
             .iter()

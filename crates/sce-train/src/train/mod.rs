@@ -428,6 +428,9 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
         )));
     }
     let device = devices[0].clone();
+    if crate::check::adapt_to_device(&device) == sce_model::StatisticsReduction::Short {
+        console.line(crate::check::short_reductions_note(&device));
+    }
     let train_device = device.clone().autodiff();
     let train_devices: Vec<_> = devices.iter().map(|d| d.clone().autodiff()).collect();
     device.seed(config.run.seed);
