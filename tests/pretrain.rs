@@ -543,6 +543,20 @@ fn class_ordered_folder(root: &Path) {
     }
 }
 
+/// One epoch of `configs/folder.toml` on `data` with a network small enough for seconds (width 4,
+/// 32 pixels, batch 8, a 64-key queue), into `output`.
+fn small_folder_run(data: &Path, output: &Path) -> std::process::Command {
+    let mut cmd = sce_train();
+    cmd.args(["pretrain", "--config", "configs/folder.toml", "--data-dir"])
+        .arg(data)
+        .arg("--output")
+        .arg(output)
+        .args(["--epochs", "1", "--batch-size", "8"])
+        .args(["--set", "model.width=4", "--set", "augment.size=32"])
+        .args(["--set", "method.queue_size=64"]);
+    cmd
+}
+
 /// Limits take seeded, class-stratified subsets: the training subset and the kNN bank of a
 /// class-ordered folder hold every class (the mechanism behind `configs/imagenet.toml`'s
 /// `bank_limit`). The folder recipe shortened to one epoch from the command line runs, its
@@ -552,14 +566,8 @@ fn limits_keep_every_class_and_short_runs_scale_their_warmup() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("images");
     class_ordered_folder(&data);
-    let out = sce_train()
-        .args(["pretrain", "--config", "configs/folder.toml", "--data-dir"])
-        .arg(&data)
-        .arg("--output")
-        .arg(dir.path().join("run"))
-        .args(["--epochs", "1", "--limit-train", "40", "--batch-size", "8"])
-        .args(["--set", "eval.bank_limit=20", "--set", "model.width=4"])
-        .args(["--set", "augment.size=32", "--set", "method.queue_size=64"])
+    let out = small_folder_run(&data, &dir.path().join("run"))
+        .args(["--limit-train", "40", "--set", "eval.bank_limit=20"])
         .output()
         .unwrap();
     let err = stderr(&out);
@@ -587,14 +595,8 @@ fn the_online_probe_is_on_for_labelled_data_and_off_with_one_key() {
     let data = dir.path().join("images");
     class_ordered_folder(&data);
     let run = |name: &str, extra: &[&str]| {
-        let out = sce_train()
-            .args(["pretrain", "--config", "configs/folder.toml", "--data-dir"])
-            .arg(&data)
-            .arg("--output")
-            .arg(dir.path().join(name))
-            .args(["--epochs", "1", "--batch-size", "8", "--json"])
-            .args(["--set", "model.width=4", "--set", "augment.size=32"])
-            .args(["--set", "method.queue_size=64"])
+        let out = small_folder_run(&data, &dir.path().join(name))
+            .arg("--json")
             .args(extra)
             .output()
             .unwrap();

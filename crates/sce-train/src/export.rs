@@ -121,16 +121,29 @@ fn name<T: Serialize>(value: T) -> String {
         .unwrap_or_default()
 }
 
-fn describe(config: &TrainConfig, run: &Path, steps: usize, format: ExportFormat) -> ExportInfo {
+/// Where the export's files go: the trunk at `output`, the heads beside it when asked for.
+struct ExportFiles {
+    trunk: PathBuf,
+    projector: Option<PathBuf>,
+    predictor: Option<PathBuf>,
+}
+
+fn describe(
+    config: &TrainConfig,
+    run: &Path,
+    steps: usize,
+    format: ExportFormat,
+    files: ExportFiles,
+) -> ExportInfo {
     let m = &config.model;
     let channels = channels_of(config);
     let norm = normalization(config, config.data.dataset, channels);
     let trunk = crate::train::pair_config(config, channels).trunk;
     ExportInfo {
         format,
-        trunk: PathBuf::new(),
-        projector: None,
-        predictor: None,
+        trunk: files.trunk,
+        projector: files.projector,
+        predictor: files.predictor,
         architecture: m.depth,
         width: m.width,
         in_channels: channels,
@@ -170,15 +183,16 @@ impl ExportCmd {
         } = load_run(&self.checkpoint, &device)?;
         let model = model.valid();
         let online = model.pair.online();
-        let mut info = describe(&config, &self.checkpoint, step, self.format);
-        info.trunk = self.output.clone();
-        if self.heads {
-            info.projector = Some(beside(&self.output, "projector"));
-            info.predictor = model
+        let files = ExportFiles {
+            trunk: self.output.clone(),
+            projector: self.heads.then(|| beside(&self.output, "projector")),
+            predictor: model
                 .pair
                 .predictor()
-                .map(|_| beside(&self.output, "predictor"));
-        }
+                .filter(|_| self.heads)
+                .map(|_| beside(&self.output, "predictor")),
+        };
+        let info = describe(&config, &self.checkpoint, step, self.format, files);
         self.save(&online.trunk, &self.output, &info)?;
         if let Some(path) = &info.projector {
             self.save(&online.projector, path, &info)?;

@@ -257,7 +257,7 @@ pub fn knn_evaluator(
 fn online_probe(
     config: &TrainConfig,
     train: &Arc<dyn ImageSource>,
-    networks: &MomentumPairConfig,
+    feature_dim: usize,
     device: &Device,
     console: &Console,
 ) -> Option<OnlineProbe> {
@@ -269,7 +269,7 @@ fn online_probe(
         return None;
     }
     Some(OnlineProbe::new(
-        networks.trunk.feature_dim(),
+        feature_dim,
         train.num_classes(),
         config.eval.online_probe_lr,
         device,
@@ -495,12 +495,8 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
         config.run.seed,
     )
     .with_devices(train_devices.clone());
-    let model = SceModel::new(
-        &pair_config(&config, channels),
-        config.method.queue_size,
-        ctx,
-        &train_device,
-    )?;
+    let networks = pair_config(&config, channels);
+    let model = SceModel::new(&networks, config.method.queue_size, ctx, &train_device)?;
     let optim = build_optimizer(&config.optim);
     let peak = peak_learning_rate(config.optim.lr, config.run.batch_size, devices.len());
     let warmup = (config.optim.warmup_epochs * steps_per_epoch as f64).round() as usize;
@@ -508,7 +504,7 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
     let probe = online_probe(
         &config,
         &train_source,
-        &pair_config(&config, channels),
+        networks.trunk.feature_dim(),
         &train_device,
         &console,
     );
