@@ -628,9 +628,9 @@ fn the_online_probe_is_on_for_labelled_data_and_off_with_one_key() {
     assert!(!files.iter().any(|f| f.starts_with("probe")), "{files:?}");
 }
 
-/// Batch-norm statistics from short reductions (what devices with a loop budget, such as Mesa's
-/// lavapipe, train with) train as well as Burn's fused operation: on the CPU, forced with
-/// `SCE_BN_STATISTICS`, the two runs' kNN agree within 3 points and the note says which is used.
+/// Short reductions (what devices with a loop budget, such as Mesa's lavapipe, train with)
+/// train as well as Burn's one-pass ones: on the CPU, forced with `SCE_REDUCTIONS`, the two
+/// runs' kNN agree within 3 points and the note says which is used.
 #[test]
 fn short_reduction_batch_norm_trains_like_the_fused_one() {
     let Some(data) = common::data_dir("short_reduction_batch_norm_trains") else {
@@ -639,7 +639,7 @@ fn short_reduction_batch_norm_trains_like_the_fused_one() {
     let dir = tempfile::tempdir().unwrap();
     let run = |mode: &str| {
         let out = tiny(&data, &dir.path().join(mode), &[])
-            .env("SCE_BN_STATISTICS", mode)
+            .env("SCE_REDUCTIONS", mode)
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
@@ -647,8 +647,8 @@ fn short_reduction_batch_norm_trains_like_the_fused_one() {
     };
     let (fused, fused_log) = run("fused");
     let (short, short_log) = run("short");
-    assert!(short_log.contains("short reductions"), "{short_log}");
-    assert!(!fused_log.contains("short reductions"), "{fused_log}");
+    assert!(short_log.contains("short passes"), "{short_log}");
+    assert!(!fused_log.contains("short passes"), "{fused_log}");
     assert!(
         (fused - short).abs() <= 3.0,
         "kNN {short}% with short reductions against {fused}% fused"

@@ -1,4 +1,7 @@
-//! Project chores: `cargo xtask ci` (what CI runs), `cargo xtask bench` (benchmark figures).
+//! Project chores: `cargo xtask ci` (what CI runs), `cargo xtask gpu-path` (its GPU-path stage
+//! alone), `cargo xtask bench` (benchmark figures).
+
+mod gpu_path;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -163,6 +166,7 @@ fn ci() -> anyhow::Result<()> {
         &["test", "--workspace", "--all-targets"],
         &[("SCE_DATA_DIR", &data)],
     )?;
+    gpu_path::run(&data)?;
     eprintln!(
         "\nci passed in {:.1} min",
         start.elapsed().as_secs_f64() / 60.0
@@ -241,8 +245,9 @@ fn main() -> std::process::ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench") => bench(&args[1..]),
+        Some("gpu-path") => data_dir().and_then(|data| gpu_path::run(&data)).map(|_| ()),
         _ => Err(anyhow::anyhow!(
-            "usage: cargo xtask ci | cargo xtask bench [--full]"
+            "usage: cargo xtask ci | cargo xtask gpu-path | cargo xtask bench [--full]"
         )),
     };
     match result {

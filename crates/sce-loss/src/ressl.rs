@@ -1,8 +1,8 @@
 use burn::tensor::Tensor;
-use burn::tensor::activation::{log_softmax, softmax};
 
 use crate::LossError;
 use crate::objective::{QueueObjective, check_temperature, prepare};
+use crate::rows::{log_softmax_rows, softmax_rows, sum_rows};
 
 /// ReSSL's relational loss: the cross-entropy between the target's sharpened similarities to
 /// the queue and the online similarities to the same queue, with the positive removed from both
@@ -30,9 +30,9 @@ impl QueueObjective for ResslLoss {
     ) -> Result<Tensor<1>, LossError> {
         let (q, k, queue) = prepare(q, k, queue)?;
         let queue_t = queue.transpose();
-        let log_p = log_softmax(q.matmul(queue_t.clone()) / self.tau, 1);
-        let target = softmax(k.matmul(queue_t) / self.tau_m, 1);
-        Ok((target * log_p).sum_dim(1).mean().neg())
+        let log_p = log_softmax_rows(q.matmul(queue_t.clone()) / self.tau);
+        let target = softmax_rows(k.matmul(queue_t) / self.tau_m);
+        Ok(sum_rows(target * log_p).mean().neg())
     }
 }
 

@@ -1,8 +1,8 @@
 use burn::tensor::Tensor;
-use burn::tensor::activation::{log_softmax, softmax};
 
 use crate::LossError;
 use crate::objective::{QueueObjective, check_temperature, prepare};
+use crate::rows::{log_softmax_rows, softmax_rows, sum_rows};
 
 /// What the target distribution puts in the positive slot before mixing with the one-hot.
 ///
@@ -91,7 +91,7 @@ impl QueueObjective for SceLoss {
         // Online log-probabilities over [positive, queue entries].
         let positive = (q.clone() * k.clone()).sum_dim(1);
         let negatives = q.matmul(queue_t.clone());
-        let log_p = log_softmax(Tensor::cat(vec![positive, negatives], 1) / self.tau, 1);
+        let log_p = log_softmax_rows(Tensor::cat(vec![positive, negatives], 1) / self.tau);
 
         // Per-anchor sum of w · log p, split into the one-hot part and the relational part.
         let mut weighted = log_p.clone().narrow(1, 0, 1) * self.lambda;
@@ -99,13 +99,13 @@ impl QueueObjective for SceLoss {
             let target_logits = k.matmul(queue_t) / self.tau_m;
             let relational = match self.positive {
                 TargetPositive::Masked => {
-                    let target = softmax(target_logits, 1);
-                    (target * log_p.narrow(1, 1, queue_size)).sum_dim(1)
+                    let target = softmax_rows(target_logits);
+                    sum_rows(target * log_p.narrow(1, 1, queue_size))
                 }
                 TargetPositive::ZeroLogit => {
                     let zero = target_logits.zeros_like().narrow(1, 0, 1);
-                    let target = softmax(Tensor::cat(vec![zero, target_logits], 1), 1);
-                    (target * log_p).sum_dim(1)
+                    let target = softmax_rows(Tensor::cat(vec![zero, target_logits], 1));
+                    sum_rows(target * log_p)
                 }
             };
             weighted = weighted + relational * (1.0 - self.lambda);

@@ -13,8 +13,9 @@ pub enum StatisticsReduction {
     Fused,
     /// Means over width, then height, then batch: rows no longer than one of those sides, for
     /// devices that get long reductions wrong (Mesa's llvmpipe leaves a shader's loops after
-    /// 65,535 iterations; docs/backends.md). Their gradients reduce over height × width and
-    /// batch separately too.
+    /// 65,535 iterations; docs/backends.md). Per-channel values are spread over height and
+    /// width before they meet the batch, so their gradients too reduce one short side at a
+    /// time.
     Short,
 }
 
@@ -49,14 +50,18 @@ pub fn batch_norm_with_statistics(
             (result.output, result.mean, result.variance)
         }
         StatisticsReduction::Short => {
-            let c = x.dims()[1];
+            let [_, c, h, w] = x.dims();
             let per_channel = |t: Tensor<4>| t.mean_dim(3).mean_dim(2).mean_dim(0);
+            // A `[1, C, 1, 1]` operand broadcast over the batch would have its gradient reduced
+            // over batch × height × width at once; spread over height and width first, each
+            // gradient reduction stays short (the batch, then one side).
+            let spread = |t: Tensor<4>| t.repeat_dim(2, h).repeat_dim(3, w);
             let mean = per_channel(x.clone());
-            let centered = x - mean.clone();
+            let centered = x - spread(mean.clone());
             let variance = per_channel(centered.clone().square());
-            let output = centered / (variance.clone() + epsilon).sqrt()
-                * gamma.reshape([1, c, 1, 1])
-                + beta.reshape([1, c, 1, 1]);
+            let output = centered / spread((variance.clone() + epsilon).sqrt())
+                * spread(gamma.reshape([1, c, 1, 1]))
+                + spread(beta.reshape([1, c, 1, 1]));
             (output, mean.reshape([c]), variance.reshape([c]))
         }
     }

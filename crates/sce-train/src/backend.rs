@@ -1,7 +1,8 @@
 //! Backends are compiled in by Cargo features (`flex`, `wgpu`, `vulkan`, `metal`, `cuda`) and
 //! chosen at run time with `--device`; the library crates never name one.
 
-use burn::tensor::Device;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::error::usage;
 
@@ -102,9 +103,73 @@ pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
     }
 }
 
+/// Builds a module with `build` where its random initial weights are drawn the same on every
+/// backend: on the CPU backend (when compiled in) seeded with `seed`, then moved to `device`.
+/// Each backend has its own random stream, so without this a seed would give a GPU run other
+/// starting weights than a CPU run, and the two could not be compared step for step. On the
+/// CPU itself, or without the CPU backend, `device` draws them, seeded the same way.
+pub fn init_on_host<M: Module>(
+    device: &Device,
+    seed: u64,
+    build: impl FnOnce(&Device) -> anyhow::Result<M>,
+) -> anyhow::Result<M> {
+    #[cfg(feature = "flex")]
+    let host = Some(Device::flex()).filter(|host| *host != device.clone().without_autodiff());
+    #[cfg(not(feature = "flex"))]
+    let host: Option<Device> = None;
+    let at = host.map(|h| h.with_autodiff_context_from(device));
+    let builder = at.as_ref().unwrap_or(device);
+    builder.seed(seed);
+    let module = build(builder)?;
+    // Parameters initialise lazily, in the order they are first used, and a lazy one moved to
+    // another device would draw its values there: draw them all here, in the module's order.
+    module.visit(&mut Materialize);
+    Ok(match at {
+        Some(_) => module.fork(device),
+        None => module,
+    })
+}
+
+/// Touches every parameter, which initialises the lazy ones where they were built.
+struct Materialize;
+
+impl ModuleVisitor for Materialize {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let _ = param.val();
+    }
+
+    fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<D, Int>>) {
+        let _ = param.val();
+    }
+
+    fn visit_bool<const D: usize>(&mut self, param: &Param<Tensor<D, Bool>>) {
+        let _ = param.val();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seed_gives_the_same_initial_weights() {
+        let device = parse_device("cpu").unwrap().autodiff();
+        let weights = |seed| {
+            let layer = init_on_host(&device, seed, |d| {
+                Ok(burn::nn::LinearConfig::new(8, 4).init(d))
+            })
+            .unwrap();
+            layer
+                .weight
+                .val()
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap()
+        };
+        assert_eq!(weights(7), weights(7));
+        assert_ne!(weights(7), weights(8));
+    }
 
     #[test]
     fn devices_not_compiled_in_are_clear_errors() {

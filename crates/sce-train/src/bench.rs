@@ -305,7 +305,7 @@ impl StepBench {
     pub fn run(&self) -> anyhow::Result<()> {
         let config = self.config()?;
         let device = parse_device(&self.common.device)?;
-        // Benchmark the batch norms training would use on this device.
+        // Benchmark the reductions training would use on this device.
         crate::check::adapt_to_device(&device);
         let ad = device.clone().autodiff();
         let total = self.steps + 1;
@@ -380,7 +380,7 @@ impl StepBench {
     pub fn run_trunk(&self) -> anyhow::Result<()> {
         let config = self.config()?;
         let device = parse_device(&self.common.device)?;
-        // Benchmark the batch norms training would use on this device.
+        // Benchmark the reductions training would use on this device.
         crate::check::adapt_to_device(&device);
         let ad = device.clone().autodiff();
         device.seed(0);

@@ -7,7 +7,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 use sce_loss::golden::{BUNDLED, GoldenFile};
-use sce_loss::{QueueObjective, SceLoss};
+use sce_loss::{QueueObjective, SceLoss, sum_rows};
 use sce_model::params::{ema_update, named_tensors};
 use sce_model::{Depth, ResNetConfig, Stem, batch_norm_with_statistics, statistics_reduction};
 use serde::Serialize;
@@ -51,26 +51,32 @@ pub type Case = (&'static str, fn(&Device) -> CheckOutcome);
 pub const CASES: &[Case] = &[
     (SHORT_ROWS, short_rows),
     (LONG_ROW, long_row),
-    (LONG_REDUCTION, long_reduction),
     (MATMUL, matmul),
     (CONV, conv_forward_backward),
+    (CONV_LARGE, conv_large_batch),
     (BN_FORWARD, batch_norm_forward),
     (BN_BACKWARD, batch_norm_backward),
     (SCE_LOSS, sce_loss_value),
     (SCE_GRAD, sce_loss_gradient),
+    (LARGE_QUEUE, large_queue),
+    (LARS_NORM, lars_norm),
     (EMA, ema),
     (SHAPES, trunk_shapes),
 ];
 
 const SHORT_ROWS: &str = "sum over many short rows (8,192 × 64)";
-const LONG_ROW: &str = "sum over one long row (1 × 300,000)";
-const LONG_REDUCTION: &str = "mean over long rows (4 × 100,352)";
+const LONG_ROW: &str = "sum over one long row (1 × 300,000), as the losses sum rows";
+const RAW_LONG_ROW: &str = "one-pass sum over one long row (1 × 300,000)";
+const RAW_LONG_ROWS: &str = "one-pass mean over long rows (4 × 100,352)";
 const MATMUL: &str = "matmul (256 × 96 · 96 × 80)";
 const CONV: &str = "conv2d 3×3 forward, input and weight gradients";
+const CONV_LARGE: &str = "conv2d 3×3 forward and gradients over a large batch (128 × 4 × 28 × 28)";
 const BN_FORWARD: &str = "batch norm training statistics and output (128 × 4 × 28 × 28)";
-const BN_BACKWARD: &str = "batch norm input gradient (128 × 4 × 28 × 28)";
+const BN_BACKWARD: &str = "batch norm input, scale and shift gradients (128 × 4 × 28 × 28)";
 const SCE_LOSS: &str = "SCE loss against the float64 golden vectors";
 const SCE_GRAD: &str = "SCE dL/dq against the float64 golden vectors";
+const LARGE_QUEUE: &str = "SCE loss and dL/dq against a 65,536-key queue (ImageNet recipes)";
+const LARS_NORM: &str = "norm of a 512 × 512 × 3 × 3 weight (LARS trust ratio)";
 const EMA: &str = "momentum (EMA) update of parameters";
 const SHAPES: &str = "ResNet-18 CIFAR and ResNet-50 ImageNet trunk output shapes";
 
@@ -128,12 +134,12 @@ fn relative_error(got: &[f64], expected: &[f64]) -> f64 {
 }
 
 /// Row sums (or means) of `rows × len` values, row `r` offset by `r` so rows differ, against
-/// float64.
+/// float64; `reduce` is the reduction under test.
 fn row_reduction(
     name: &'static str,
-    rows: usize,
-    len: usize,
+    [rows, len]: [usize; 2],
     mean: bool,
+    reduce: fn(Tensor<2>) -> Tensor<2>,
     device: &Device,
 ) -> CheckOutcome {
     let mut x = host_values(rows * len, 1);
@@ -145,27 +151,31 @@ fn row_reduction(
         .chunks(len)
         .map(|row| row.iter().map(|&v| v as f64).sum::<f64>() / scale)
         .collect();
-    let x = upload(&x, [rows, len], device);
-    let got = download(if mean { x.mean_dim(1) } else { x.sum_dim(1) });
+    let got = download(reduce(upload(&x, [rows, len], device)));
     CheckOutcome::new(name, relative_error(&got, &expected), TIGHT)
 }
 
 /// Many rows, each short: a device that runs out of work per invocation on the total, not
 /// per row, fails here.
 fn short_rows(device: &Device) -> CheckOutcome {
-    row_reduction(SHORT_ROWS, 8_192, 64, false, device)
+    row_reduction(SHORT_ROWS, [8_192, 64], false, |x| x.sum_dim(1), device)
 }
 
-/// One row longer than 2^16 elements: a device whose shader invocations may only loop so many
-/// times (Mesa's llvmpipe: 65,535 iterations) fails here even with nothing else to do.
+/// One row longer than 2^16 elements, summed the way the losses sum their softmax rows (in
+/// blocks on a device that fails [`one_pass_reductions`]).
 fn long_row(device: &Device) -> CheckOutcome {
-    row_reduction(LONG_ROW, 1, 300_000, false, device)
+    row_reduction(LONG_ROW, [1, 300_000], false, sum_rows, device)
 }
 
-/// The reduction behind batch-norm statistics, over rows longer than 2^16 elements: the case
-/// Mesa's lavapipe gets wrong (docs/backends.md).
-pub(super) fn long_reduction(device: &Device) -> CheckOutcome {
-    row_reduction(LONG_REDUCTION, 4, 100_352, true, device)
+/// Burn's one-pass reductions over rows longer than 2^16 elements: wrong on a device whose
+/// shader invocations may only loop so many times (Mesa's llvmpipe: 65,535 iterations). Not
+/// checks: what they find decides how training reduces on the device ([`super::adapt_to_device`]).
+/// The second is the shape of batch-norm statistics, and the one that decides.
+pub(super) fn one_pass_reductions(device: &Device) -> [CheckOutcome; 2] {
+    [
+        row_reduction(RAW_LONG_ROW, [1, 300_000], false, |x| x.sum_dim(1), device),
+        row_reduction(RAW_LONG_ROWS, [4, 100_352], true, |x| x.mean_dim(1), device),
+    ]
 }
 
 fn matmul(device: &Device) -> CheckOutcome {
@@ -187,10 +197,26 @@ fn matmul(device: &Device) -> CheckOutcome {
 
 /// A 3×3, padding-1, stride-1 convolution and both its gradients for the loss `Σ y·g`.
 fn conv_forward_backward(device: &Device) -> CheckOutcome {
-    let (n, ci, co, h, w, k) = (4, 3, 5, 10, 10, 3);
+    conv_case(CONV, [4, 3, 5, 10, 10], device)
+}
+
+/// The same at the size of a small-image recipe's first layers: each weight gradient sums over
+/// batch × height × width = 100,352 positions, a long reduction inside the kernel.
+fn conv_large_batch(device: &Device) -> CheckOutcome {
+    conv_case(CONV_LARGE, [128, 4, 4, 28, 28], device)
+}
+
+/// A 3×3, padding-1, stride-1 convolution of `[n, ci, h, w]` into `co` channels, and both its
+/// gradients for the loss `Σ y·g`, against float64.
+fn conv_case(name: &'static str, [n, ci, co, h, w]: [usize; 5], device: &Device) -> CheckOutcome {
+    let k = 3;
     let x = host_values(n * ci * h * w, 4);
     let weight = host_values(co * ci * k * k, 5);
-    let g = host_values(n * co * h * w, 6);
+    // The last image's upstream gradient dominates: a weight-gradient reduction that stops
+    // before the end of the batch is far off, not a rounding error.
+    let mut g = host_values(n * co * h * w, 6);
+    let last = (n - 1) * co * h * w;
+    g[last..].iter_mut().for_each(|v| *v *= 50.0);
     let (mut y, mut dx, mut dw) = (
         vec![0.0f64; g.len()],
         vec![0.0f64; x.len()],
@@ -236,7 +262,7 @@ fn conv_forward_backward(device: &Device) -> CheckOutcome {
     let error = relative_error(&got_y, &y)
         .max(relative_error(&got_dx, &dx))
         .max(relative_error(&got_dw, &dw));
-    CheckOutcome::new(CONV, error, GEMM)
+    CheckOutcome::new(name, error, GEMM)
 }
 
 /// Inputs of the batch-norm checks: `[128, 4, 28, 28]`, 401,408 elements, more than 2^18.
@@ -332,7 +358,8 @@ fn batch_norm_forward(device: &Device) -> CheckOutcome {
     CheckOutcome::new(BN_FORWARD, error, TIGHT)
 }
 
-/// `dL/dx = γ/σ · (g − mean(g) − x̂ · mean(g · x̂))` per channel, for the loss `Σ y·g`.
+/// `dL/dx = γ/σ · (g − mean(g) − x̂ · mean(g · x̂))`, `dL/dγ = Σ g·x̂` and `dL/dβ = Σ g` per
+/// channel, for the loss `Σ y·g`.
 fn batch_norm_backward(device: &Device) -> CheckOutcome {
     let case = BatchNormCase::new();
     let (mean, var) = case.statistics();
@@ -355,14 +382,30 @@ fn batch_norm_backward(device: &Device) -> CheckOutcome {
             scale * (g as f64 - mean_g[ch] - xhat[i] * mean_gx[ch])
         })
         .collect();
+    let (mut d_gamma, mut d_beta) = (vec![0.0; c], vec![0.0; c]);
+    for (i, &g) in case.g.iter().enumerate() {
+        let ch = case.channel(i);
+        d_gamma[ch] += g as f64 * xhat[i];
+        d_beta[ch] += g as f64;
+    }
     let ad = device.clone().autodiff();
     let (x, gamma, beta) = case.tensors(&ad);
-    let x = x.require_grad();
-    let out =
-        batch_norm_with_statistics(x.clone(), gamma, beta, BN_EPSILON, statistics_reduction()).0;
+    let (x, gamma, beta) = (x.require_grad(), gamma.require_grad(), beta.require_grad());
+    let out = batch_norm_with_statistics(
+        x.clone(),
+        gamma.clone(),
+        beta.clone(),
+        BN_EPSILON,
+        statistics_reduction(),
+    )
+    .0;
     let grads = (out * upload(&case.g, case.shape, &ad)).sum().backward();
-    let got = x.grad(&grads).map(download).unwrap_or_default();
-    CheckOutcome::new(BN_BACKWARD, relative_error(&got, &expected), TIGHT)
+    let got = |t: &Tensor<4>| t.grad(&grads).map(download).unwrap_or_default();
+    let got_1d = |t: &Tensor<1>| t.grad(&grads).map(download).unwrap_or_default();
+    let error = relative_error(&got(&x), &expected)
+        .max(relative_error(&got_1d(&gamma), &d_gamma))
+        .max(relative_error(&got_1d(&beta), &d_beta));
+    CheckOutcome::new(BN_BACKWARD, error, TIGHT)
 }
 
 fn matrix(rows: &[Vec<f64>], device: &Device) -> Tensor<2> {
@@ -406,6 +449,98 @@ fn sce_loss_value(device: &Device) -> CheckOutcome {
 
 fn sce_loss_gradient(device: &Device) -> CheckOutcome {
     CheckOutcome::new(SCE_GRAD, golden_errors(device).1, GEMM)
+}
+
+/// `rows` unit vectors of dimension `dim`, in float32 as the device gets them.
+fn unit_rows(rows: usize, dim: usize, seed: u64) -> Vec<f32> {
+    let mut values = host_values(rows * dim, seed);
+    for row in values.chunks_mut(dim) {
+        let norm = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+        row.iter_mut().for_each(|v| *v = (*v as f64 / norm) as f32);
+    }
+    values
+}
+
+/// `Σ_j a_j · b_j` of two rows in float64.
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+}
+
+/// `log Σ exp(l_j)`, stably, in float64.
+fn log_sum_exp(logits: &[f64]) -> f64 {
+    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln()
+}
+
+/// The softmax rows of the ImageNet recipes are 65,537 long: longer than a shader invocation
+/// of some devices may loop (docs/backends.md), so the key that matters most sits at the end. Reference: the paper's SCE loss in float64,
+/// `L = −mean_b Σ_j w_j log p_j` and `dL/dq_b = Σ_j (p_j − w_j) c_j / (B τ)`, where
+/// `c = [k_b, Q]`, `p = softmax(q_b·c / τ)` and `w = λ e_0 + (1 − λ) [0, softmax(k_b·Q / τ_m)]`.
+fn large_queue(device: &Device) -> CheckOutcome {
+    let (batch, dim, size) = (4, 16, 65_536);
+    let (tau, tau_m, lambda) = (0.2, 0.05, 0.5);
+    let q = unit_rows(batch, dim, 10);
+    // Every anchor's key is the queue's last entry, which so holds most of each target row: a
+    // reduction that stops before the end of a row is far off, not a rounding error.
+    let key = unit_rows(1, dim, 11);
+    let k = key.repeat(batch);
+    let mut queue = unit_rows(size, dim, 12);
+    queue[(size - 1) * dim..].copy_from_slice(&key);
+    let mut expected_loss = 0.0;
+    let mut expected_grad = vec![0.0f64; batch * dim];
+    for b in 0..batch {
+        let (qb, kb) = (&q[b * dim..(b + 1) * dim], &k[b * dim..(b + 1) * dim]);
+        let candidates: Vec<&[f32]> = std::iter::once(kb).chain(queue.chunks(dim)).collect();
+        let logits: Vec<f64> = candidates.iter().map(|c| dot(qb, c) / tau).collect();
+        let log_norm = log_sum_exp(&logits);
+        let target_logits: Vec<f64> = queue.chunks(dim).map(|c| dot(kb, c) / tau_m).collect();
+        let target_norm = log_sum_exp(&target_logits);
+        let weights: Vec<f64> = std::iter::once(lambda)
+            .chain(
+                target_logits
+                    .iter()
+                    .map(|t| (1.0 - lambda) * (t - target_norm).exp()),
+            )
+            .collect();
+        for ((logit, weight), candidate) in logits.iter().zip(&weights).zip(&candidates) {
+            let log_p = logit - log_norm;
+            expected_loss -= weight * log_p / batch as f64;
+            let coefficient = (log_p.exp() - weight) / (batch as f64 * tau);
+            for (g, &c) in expected_grad[b * dim..(b + 1) * dim]
+                .iter_mut()
+                .zip(*candidate)
+            {
+                *g += coefficient * c as f64;
+            }
+        }
+    }
+    let ad = device.clone().autodiff();
+    let Ok(objective) = SceLoss::new(tau, tau_m, lambda) else {
+        return CheckOutcome::new(LARGE_QUEUE, f64::INFINITY, GEMM);
+    };
+    let qt = upload(&q, [batch, dim], &ad).require_grad();
+    let Ok(loss) = objective.forward(
+        qt.clone(),
+        upload(&k, [batch, dim], &ad),
+        upload(&queue, [size, dim], &ad),
+    ) else {
+        return CheckOutcome::new(LARGE_QUEUE, f64::INFINITY, GEMM);
+    };
+    let loss_error = relative_error(&download(loss.clone()), &[expected_loss]);
+    let grads = loss.backward();
+    let got = qt.grad(&grads).map(download).unwrap_or_default();
+    let error = loss_error.max(relative_error(&got, &expected_grad));
+    CheckOutcome::new(LARGE_QUEUE, error, GEMM)
+}
+
+/// LARS scales each weight's gradient by `‖w‖ / ‖g‖`: one reduction over a whole weight tensor,
+/// 2,359,296 elements for ResNet-50's largest 3×3 convolution.
+fn lars_norm(device: &Device) -> CheckOutcome {
+    let len = 512 * 512 * 3 * 3;
+    let w = host_values(len, 13);
+    let expected = w.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+    let got = download(upload(&w, [512, 512, 3, 3], device).square().sum().sqrt());
+    CheckOutcome::new(LARS_NORM, relative_error(&got, &[expected]), TIGHT)
 }
 
 /// `target ← m·target + (1 − m)·online` over every parameter of a small layer.

@@ -4,14 +4,16 @@
 //! Vulkan device) a reduction over long rows stops part way, because llvmpipe leaves a
 //! shader's loops after 65,535 iterations, so Burn's fused batch-norm statistics are wrong and
 //! training silently learns nothing (docs/backends.md). Each case compares an operation
-//! training depends on with a float64 reference computed on the host. The batch-norm cases
-//! check the statistics training will use on the device ([`adapt_to_device`]).
+//! training depends on with a float64 reference computed on the host, computed the way
+//! training computes it on this device: Burn's one-pass reductions over long rows are probed
+//! first, and where they are wrong training reduces in short passes ([`adapt_to_device`]).
 
 mod cases;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use clap::Args;
+use sce_loss::{LongRows, set_long_rows};
 use sce_model::{StatisticsReduction, set_statistics_reduction};
 use serde::Serialize;
 
@@ -30,35 +32,57 @@ pub struct CheckCmd {
 struct CheckReport {
     device: String,
     passed: bool,
+    /// Burn's one-pass reductions over long rows: what decided how training reduces here.
+    one_pass_reductions: Vec<CheckOutcome>,
     checks: Vec<CheckOutcome>,
 }
 
-/// Chooses how training batch norms reduce their statistics on `device`, for the whole
-/// process: Burn's fused operation where a long reduction comes out right, short reductions
-/// where it does not (the device is told apart by what it computes, not by its name).
-/// `SCE_BN_STATISTICS=short` or `=fused` overrides the choice (to measure either path).
-pub fn adapt_to_device(device: &burn::tensor::Device) -> StatisticsReduction {
-    let reduction = match std::env::var("SCE_BN_STATISTICS").as_deref() {
-        Ok("short") => StatisticsReduction::Short,
-        Ok("fused") => StatisticsReduction::Fused,
+/// How training reduces long rows on a device, and what decided it.
+pub struct Adaptation {
+    /// Short reductions: batch-norm statistics over width, height and batch in turn, the
+    /// losses' softmax rows in blocks.
+    pub short: bool,
+    /// Burn's one-pass reductions on the device; empty when `SCE_REDUCTIONS` chose.
+    pub probes: Vec<CheckOutcome>,
+}
+
+/// Chooses, for the whole process, how training reduces long rows on `device`: in one pass,
+/// Burn's way, where that comes out right, in short passes where it does not (the device is
+/// told apart by what it computes, not by its name). `SCE_REDUCTIONS=short` or `=fused`
+/// overrides the choice (to measure either path).
+pub fn adapt_to_device(device: &burn::tensor::Device) -> Adaptation {
+    let (short, probes) = match std::env::var("SCE_REDUCTIONS").as_deref() {
+        Ok("short") => (true, Vec::new()),
+        Ok("fused") => (false, Vec::new()),
         _ => {
-            let exact = catch_unwind(AssertUnwindSafe(|| cases::long_reduction(device).passed));
-            if exact.unwrap_or(false) {
-                StatisticsReduction::Fused
-            } else {
-                StatisticsReduction::Short
-            }
+            let probes = catch_unwind(AssertUnwindSafe(|| cases::one_pass_reductions(device)))
+                .map(Vec::from)
+                .unwrap_or_default();
+            (
+                probes.is_empty() || probes.iter().any(|p| !p.passed),
+                probes,
+            )
         }
     };
-    set_statistics_reduction(reduction);
-    reduction
+    set_statistics_reduction(if short {
+        StatisticsReduction::Short
+    } else {
+        StatisticsReduction::Fused
+    });
+    set_long_rows(if short {
+        LongRows::Blocked
+    } else {
+        LongRows::Fused
+    });
+    Adaptation { short, probes }
 }
 
 /// The one line said when a device needs short reductions.
 pub fn short_reductions_note(device: &burn::tensor::Device) -> String {
     format!(
-        "note: batch-norm statistics use short reductions (width, height, batch) on {device:?}: \
-         it sums long rows wrongly (see `sce-train check`), or SCE_BN_STATISTICS=short asks for them"
+        "note: long rows are reduced in short passes on {device:?} (batch-norm statistics over \
+         width, height and batch; softmax rows in blocks): it sums long rows wrongly in one pass \
+         (see `sce-train check`), or SCE_REDUCTIONS=short asks for it"
     )
 }
 
@@ -109,7 +133,15 @@ impl CheckCmd {
             "checking {device:?} against float64 references ({} checks)…",
             CASES.len()
         ));
-        if adapt_to_device(&device) == StatisticsReduction::Short {
+        let adaptation = adapt_to_device(&device);
+        for probe in &adaptation.probes {
+            let verdict = if probe.passed { "exact" } else { "WRONG" };
+            console.line(format!(
+                "device: {} is {verdict} here (max relative error {:.1e})",
+                probe.name, probe.max_error
+            ));
+        }
+        if adaptation.short {
             console.line(short_reductions_note(&device));
         }
         let checks = run_checks(&device, |outcome| console.line(describe(outcome)));
@@ -122,6 +154,7 @@ impl CheckCmd {
             let report = CheckReport {
                 device: format!("{device:?}"),
                 passed: failed.is_empty(),
+                one_pass_reductions: adaptation.probes.clone(),
                 checks: checks.clone(),
             };
             println!("{}", serde_json::to_string(&report)?);

@@ -36,7 +36,7 @@ pub use state::{EpochRow, TrainState};
 pub use strategy::{Ending, SceStrategy};
 
 use self::checkpoint::{AtomicCheckpointer, SaveLog, SaveWhenAsked, set_aside_after};
-use crate::backend::parse_device;
+use crate::backend::{init_on_host, parse_device};
 use crate::config::{ConfigSource, HeadSection, MethodName, TrainConfig, load_config};
 use crate::error::usage;
 use crate::model::{Objective, SceModel, StepContext};
@@ -428,7 +428,7 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
         )));
     }
     let device = devices[0].clone();
-    if crate::check::adapt_to_device(&device) == sce_model::StatisticsReduction::Short {
+    if crate::check::adapt_to_device(&device).short {
         console.line(crate::check::short_reductions_note(&device));
     }
     let train_device = device.clone().autodiff();
@@ -496,7 +496,9 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
     )
     .with_devices(train_devices.clone());
     let networks = pair_config(&config, channels);
-    let model = SceModel::new(&networks, config.method.queue_size, ctx, &train_device)?;
+    let model = init_on_host(&train_device, config.run.seed, |device| {
+        SceModel::new(&networks, config.method.queue_size, ctx, device)
+    })?;
     let optim = build_optimizer(&config.optim);
     let peak = peak_learning_rate(config.optim.lr, config.run.batch_size, devices.len());
     let warmup = (config.optim.warmup_epochs * steps_per_epoch as f64).round() as usize;

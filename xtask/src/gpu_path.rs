@@ -1,0 +1,277 @@
+//! The GPU-path stage of `cargo xtask ci`: the `wgpu` build checked and trained on whatever
+//! Vulkan device the machine has — on CI, Mesa's software lavapipe (docs/backends.md).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+
+use crate::{step, target_dir};
+
+/// Debian's packages of the Vulkan loader and Mesa's drivers (lavapipe among them).
+const PACKAGES: [&str; 2] = ["mesa-vulkan-drivers", "libvulkan1"];
+
+/// Largest kNN top-1 gap, in points, allowed between the `wgpu` and the CPU run.
+const MAX_KNN_GAP: f64 = 3.0;
+
+/// Largest relative gap allowed between the two runs' losses over their first steps.
+const MAX_LOSS_GAP: f64 = 5e-4;
+
+/// Steps compared loss for loss: the first two train from the shared initial weights, the
+/// third after the first update (the learning rate warms up from 0), so they test the forward
+/// pass, the backward pass and the optimizer. Later steps are left out because this tiny
+/// network's training is chaotic — CPU runs differing only in summation order drift apart
+/// tenfold per step from the fourth on — so there only the kNN is compared.
+const LOSS_STEPS: usize = 3;
+
+/// The comparison runs `configs/tiny.toml` on 512 images for one epoch: four steps, short
+/// enough that the two runs have not yet drifted apart (see [`LOSS_STEPS`]).
+const TINY_OVERRIDES: [&str; 4] = ["--set", "data.limit_train=512", "--set", "run.epochs=1"];
+
+/// Where Vulkan drivers declare themselves (the loader's ICD search folders on Linux).
+const ICD_FOLDERS: [&str; 2] = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"];
+
+/// Runs the stage, or says in one line why it is skipped. Returns whether it ran.
+pub fn run(data: &str) -> anyhow::Result<bool> {
+    let start = Instant::now();
+    if !vulkan_present() {
+        if !(std::env::var("CI").as_deref() == Ok("true") && is_root()) {
+            eprintln!(
+                "\n==> GPU path: skipped, no Vulkan driver here; install one (Debian: `apt-get \
+                 install {}`) or run as root with CI=true to have xtask install it",
+                PACKAGES.join(" ")
+            );
+            return Ok(false);
+        }
+        install_vulkan()?;
+        anyhow::ensure!(
+            vulkan_present(),
+            "installed {} but found no Vulkan driver in {}",
+            PACKAGES.join(" "),
+            ICD_FOLDERS.join(" or ")
+        );
+    }
+    step(
+        "GPU path: build with wgpu",
+        "cargo",
+        &["build", "-p", "sce-train", "--features", "wgpu"],
+        &[],
+    )?;
+    let bin = target_dir().join("debug/sce-train");
+    let bin = bin.to_str().context("non-UTF-8 path")?;
+    let runtime = runtime_dir()?;
+    let envs = [("XDG_RUNTIME_DIR", runtime.as_str())];
+    step(
+        "GPU path: check on wgpu",
+        bin,
+        &["check", "--device", "wgpu"],
+        &envs,
+    )?;
+    let runs = target_dir().join("gpu-path");
+    let wgpu = tiny_run(bin, "wgpu", &runs, data, &envs)?;
+    let cpu = tiny_run(bin, "cpu", &runs, data, &envs)?;
+    eprintln!(
+        "\nGPU path: configs/tiny.toml, 4 steps: kNN top-1 {:.1} % on wgpu, {:.1} % on cpu \
+         (untrained: {:.1} % and {:.1} %)",
+        wgpu.knn, cpu.knn, wgpu.knn_initial, cpu.knn_initial
+    );
+    let mut failures = Vec::new();
+    for (step, (a, b)) in wgpu.losses.iter().zip(&cpu.losses).enumerate() {
+        let gap = (a - b).abs() / b.abs().max(1e-12);
+        eprintln!(
+            "GPU path: step {} loss {a:.6} on wgpu, {b:.6} on cpu (relative gap {gap:.1e})",
+            step + 1
+        );
+        if gap > MAX_LOSS_GAP {
+            failures.push(format!(
+                "step {}'s loss differs by {gap:.1e} (allowed: {MAX_LOSS_GAP:.0e})",
+                step + 1
+            ));
+        }
+    }
+    for (what, a, b) in [
+        ("kNN top-1", wgpu.knn, cpu.knn),
+        ("untrained kNN top-1", wgpu.knn_initial, cpu.knn_initial),
+    ] {
+        if (a - b).abs() > MAX_KNN_GAP {
+            failures.push(format!(
+                "the {what} differs by {:.1} points (allowed: {MAX_KNN_GAP})",
+                (a - b).abs()
+            ));
+        }
+    }
+    if !failures.is_empty() {
+        bail!(
+            "the wgpu run does not compute what the CPU run computes: {}",
+            failures.join("; ")
+        );
+    }
+    eprintln!(
+        "GPU path passed in {:.1} min",
+        start.elapsed().as_secs_f64() / 60.0
+    );
+    Ok(true)
+}
+
+/// Whether the Vulkan loader and at least one driver are installed.
+fn vulkan_present() -> bool {
+    let loader = Command::new("ldconfig")
+        .arg("-p")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("libvulkan.so.1"));
+    let driver = ICD_FOLDERS.iter().any(|folder| {
+        std::fs::read_dir(folder).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.path().extension().is_some_and(|x| x == "json"))
+        })
+    });
+    loader && driver
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+fn install_vulkan() -> anyhow::Result<()> {
+    let noninteractive = [("DEBIAN_FRONTEND", "noninteractive")];
+    step(
+        "GPU path: apt-get update",
+        "apt-get",
+        &["update", "-qq"],
+        &noninteractive,
+    )?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(PACKAGES);
+    step(
+        "GPU path: install Vulkan (CI=true, root)",
+        "apt-get",
+        &args,
+        &noninteractive,
+    )
+}
+
+/// wgpu's Vulkan loader wants `$XDG_RUNTIME_DIR`; CI containers often have none.
+fn runtime_dir() -> anyhow::Result<String> {
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        return Ok(dir.to_string_lossy().into_owned());
+    }
+    let dir = target_dir().join("xdg-runtime");
+    std::fs::create_dir_all(&dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(dir.display().to_string())
+}
+
+/// What the comparison reads from a run's `summary.json`.
+struct TinyRun {
+    knn: f64,
+    knn_initial: f64,
+    /// The losses of the first [`LOSS_STEPS`] steps.
+    losses: Vec<f64>,
+}
+
+/// `configs/tiny.toml` (seed 0, [`TINY_OVERRIDES`]) on `device`, in a fresh `runs/<device>`
+/// folder.
+fn tiny_run(
+    bin: &str,
+    device: &str,
+    runs: &Path,
+    data: &str,
+    envs: &[(&str, &str)],
+) -> anyhow::Result<TinyRun> {
+    let dir: PathBuf = runs.join(device);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+    }
+    let dir_arg = dir.to_str().context("non-UTF-8 path")?;
+    step(
+        &format!("GPU path: tiny run on {device}"),
+        bin,
+        &[
+            "pretrain",
+            "--config",
+            "configs/tiny.toml",
+            "--device",
+            device,
+            "--data-dir",
+            data,
+            "--output",
+            dir_arg,
+            TINY_OVERRIDES[0],
+            TINY_OVERRIDES[1],
+            TINY_OVERRIDES[2],
+            TINY_OVERRIDES[3],
+        ],
+        envs,
+    )?;
+    let path = dir.join("summary.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("the {device} run left no {}", path.display()))?;
+    let summary: serde_json::Value = serde_json::from_str(&text)?;
+    let number = |key: &str| {
+        summary[key]
+            .as_f64()
+            .with_context(|| format!("{}: no number `{key}`", path.display()))
+    };
+    Ok(TinyRun {
+        knn: number("knn_top1")?,
+        knn_initial: number("knn_top1_initial")?,
+        losses: step_losses(&dir)?,
+    })
+}
+
+/// The first [`LOSS_STEPS`] losses of the run's step log (burn-train's `Loss.log`: one
+/// `value,count` line per step).
+fn step_losses(run: &Path) -> anyhow::Result<Vec<f64>> {
+    let path = run.join("train/epoch-1/Loss.log");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read the step losses in {}", path.display()))?;
+    let losses: Vec<f64> = text
+        .lines()
+        .take(LOSS_STEPS)
+        .map(|line| line.split(',').next().unwrap_or("").parse::<f64>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{}: not a loss per line", path.display()))?;
+    anyhow::ensure!(
+        losses.len() == LOSS_STEPS,
+        "{} holds {} steps, fewer than {LOSS_STEPS}",
+        path.display(),
+        losses.len()
+    );
+    Ok(losses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_with_log(name: &str, log: &str) -> PathBuf {
+        let run = std::env::temp_dir().join(format!("xtask-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(run.join("train/epoch-1")).unwrap();
+        std::fs::write(run.join("train/epoch-1/Loss.log"), log).unwrap();
+        run
+    }
+
+    #[test]
+    fn reads_the_first_steps_of_the_loss_log() {
+        let run = run_with_log("ok", "5.5,1\n6.25,1\n6.5,1\n6.75,1\n6.2,final\n");
+        assert_eq!(step_losses(&run).unwrap(), vec![5.5, 6.25, 6.5]);
+        let short = run_with_log("short", "5.5,1\n6.25,1\n");
+        let err = step_losses(&short).unwrap_err().to_string();
+        assert!(err.contains("fewer than 3"), "{err}");
+        let garbled = run_with_log("garbled", "5.5,1\nloss,1\n6.5,1\n");
+        let err = step_losses(&garbled).unwrap_err().to_string();
+        assert!(err.contains("not a loss per line"), "{err}");
+        for dir in [run, short, garbled] {
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+    }
+}
