@@ -221,6 +221,22 @@ fn check_reports_every_case_on_the_cpu() {
     assert_eq!(report["one_pass_reductions"].as_array().unwrap().len(), 2);
 }
 
+/// A mistyped implementation switch is refused by name, not silently replaced by the default.
+#[test]
+fn unknown_switch_values_are_named() {
+    for (name, value, accepted) in [
+        ("SCE_CONV", "gemmm", "gemm, burn"),
+        ("SCE_REDUCTIONS", "shrt", "short, fused"),
+    ] {
+        let out = sce_train()
+            .args(["check", "--device", "cpu"])
+            .env(name, value)
+            .output()
+            .unwrap();
+        assert_clean_failure(&out, 1, &[name, value, accepted]);
+    }
+}
+
 /// Serves the files of `dir` on 127.0.0.1 (never the network); returns the base URL.
 fn serve_folder(dir: &std::path::Path) -> String {
     let server = std::sync::Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());

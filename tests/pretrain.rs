@@ -629,8 +629,10 @@ fn the_online_probe_is_on_for_labelled_data_and_off_with_one_key() {
 }
 
 /// Short reductions (what devices with a loop budget, such as Mesa's lavapipe, train with)
-/// train as well as Burn's one-pass ones: on the CPU, forced with `SCE_REDUCTIONS`, the two
-/// runs' kNN agree within 3 points and the note says which is used.
+/// compute what Burn's one-pass ones compute: on the CPU, forced with `SCE_REDUCTIONS`, the two
+/// runs' first three step losses agree within 5e-4 (relative), their kNN within 3 points, and
+/// the note says which is used. Four steps only, as the GPU-path stage: this tiny network's
+/// training is chaotic, and runs that differ only in summation order drift apart after that.
 #[test]
 fn short_reduction_batch_norm_trains_like_the_fused_one() {
     let Some(data) = common::data_dir("short_reduction_batch_norm_trains") else {
@@ -638,17 +640,39 @@ fn short_reduction_batch_norm_trains_like_the_fused_one() {
     };
     let dir = tempfile::tempdir().unwrap();
     let run = |mode: &str| {
-        let out = tiny(&data, &dir.path().join(mode), &[])
-            .env("SCE_REDUCTIONS", mode)
-            .output()
-            .unwrap();
+        let run_dir = dir.path().join(mode);
+        let out = tiny(
+            &data,
+            &run_dir,
+            &["--set", "data.limit_train=512", "--set", "run.epochs=1"],
+        )
+        .env("SCE_REDUCTIONS", mode)
+        .output()
+        .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
-        (json_line(&out)["knn_top1"].as_f64().unwrap(), stderr(&out))
+        let log = std::fs::read_to_string(run_dir.join("train/epoch-1/Loss.log")).unwrap();
+        let losses: Vec<f64> = log
+            .lines()
+            .take(3)
+            .map(|l| l.split(',').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(losses.len(), 3, "{log}");
+        (
+            json_line(&out)["knn_top1"].as_f64().unwrap(),
+            losses,
+            stderr(&out),
+        )
     };
-    let (fused, fused_log) = run("fused");
-    let (short, short_log) = run("short");
+    let (fused, fused_losses, fused_log) = run("fused");
+    let (short, short_losses, short_log) = run("short");
     assert!(short_log.contains("short passes"), "{short_log}");
     assert!(!fused_log.contains("short passes"), "{fused_log}");
+    for (a, b) in short_losses.iter().zip(&fused_losses) {
+        assert!(
+            (a - b).abs() <= 5e-4 * b.abs(),
+            "step losses {short_losses:?} with short reductions against {fused_losses:?} fused"
+        );
+    }
     assert!(
         (fused - short).abs() <= 3.0,
         "kNN {short}% with short reductions against {fused}% fused"

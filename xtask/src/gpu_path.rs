@@ -32,8 +32,8 @@ const TINY_OVERRIDES: [&str; 4] = ["--set", "data.limit_train=512", "--set", "ru
 /// Where Vulkan drivers declare themselves (the loader's ICD search folders on Linux).
 const ICD_FOLDERS: [&str; 2] = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"];
 
-/// Runs the stage, or says in one line why it is skipped. Returns whether it ran.
-pub fn run(data: &str) -> anyhow::Result<bool> {
+/// Runs the stage, or says in one line why it is skipped.
+pub fn run(data: &str) -> anyhow::Result<()> {
     let start = Instant::now();
     if !vulkan_present() {
         if !(std::env::var("CI").as_deref() == Ok("true") && is_root()) {
@@ -42,7 +42,7 @@ pub fn run(data: &str) -> anyhow::Result<bool> {
                  install {}`) or run as root with CI=true to have xtask install it",
                 PACKAGES.join(" ")
             );
-            return Ok(false);
+            return Ok(());
         }
         install_vulkan()?;
         anyhow::ensure!(
@@ -111,7 +111,7 @@ pub fn run(data: &str) -> anyhow::Result<bool> {
         "GPU path passed in {:.1} min",
         start.elapsed().as_secs_f64() / 60.0
     );
-    Ok(true)
+    Ok(())
 }
 
 /// Whether the Vulkan loader and at least one driver are installed.
@@ -192,26 +192,19 @@ fn tiny_run(
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
     let dir_arg = dir.to_str().context("non-UTF-8 path")?;
-    step(
-        &format!("GPU path: tiny run on {device}"),
-        bin,
-        &[
-            "pretrain",
-            "--config",
-            "configs/tiny.toml",
-            "--device",
-            device,
-            "--data-dir",
-            data,
-            "--output",
-            dir_arg,
-            TINY_OVERRIDES[0],
-            TINY_OVERRIDES[1],
-            TINY_OVERRIDES[2],
-            TINY_OVERRIDES[3],
-        ],
-        envs,
-    )?;
+    let mut args = vec![
+        "pretrain",
+        "--config",
+        "configs/tiny.toml",
+        "--device",
+        device,
+        "--data-dir",
+        data,
+        "--output",
+        dir_arg,
+    ];
+    args.extend(TINY_OVERRIDES);
+    step(&format!("GPU path: tiny run on {device}"), bin, &args, envs)?;
     let path = dir.join("summary.json");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("the {device} run left no {}", path.display()))?;

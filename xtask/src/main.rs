@@ -245,7 +245,7 @@ fn main() -> std::process::ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench") => bench(&args[1..]),
-        Some("gpu-path") => data_dir().and_then(|data| gpu_path::run(&data)).map(|_| ()),
+        Some("gpu-path") => data_dir().and_then(|data| gpu_path::run(&data)),
         _ => Err(anyhow::anyhow!(
             "usage: cargo xtask ci | cargo xtask gpu-path | cargo xtask bench [--full]"
         )),

@@ -3,10 +3,12 @@
 //! - [`ResNet`] trunks (18/34/50, CIFAR or ImageNet stem) returning pooled features.
 //! - [`Mlp`] projector and predictor heads built from a [`MlpConfig`] (spec §2.2 recipes).
 //! - [`split_batch_norm`]: one device simulating N for the target trunk's batch statistics.
+//! - [`conv`]: the trunks' convolutions, as GEMM kernels with their own backward on `flex`.
 //! - [`MomentumPair`]: online branch (+ predictor) and its EMA target, [`MomentumSchedule`].
 //! - [`params`]: parameter paths, counts and the EMA over parameters only.
 //! - [`weights`]: torchvision `.pth` import and safetensors export/import of trunks.
 
+pub mod conv;
 mod error;
 mod mlp;
 mod momentum;

@@ -1,5 +1,7 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
+
+use crate::conv::conv2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
 use burn::tensor::activation::relu;
@@ -172,7 +174,7 @@ impl ResNet {
     /// As [`forward`](Self::forward), with every batch norm split into `splits` groups
     /// ([`split_batch_norm`]); an error if the batch does not divide.
     pub fn forward_split(&self, x: Tensor<4>, splits: usize) -> Result<Tensor<2>, ModelError> {
-        let x = relu(split_batch_norm(&self.bn1, self.conv1.forward(x), splits)?);
+        let x = relu(split_batch_norm(&self.bn1, conv2d(&self.conv1, x), splits)?);
         let mut x = match &self.maxpool {
             Some(pool) => pool.forward(x),
             None => x,
@@ -250,13 +252,13 @@ impl Block {
 
     fn forward(&self, x: Tensor<4>, splits: usize) -> Result<Tensor<4>, ModelError> {
         let identity = match &self.downsample {
-            Some(ds) => split_batch_norm(&ds.bn, ds.conv.forward(x.clone()), splits)?,
+            Some(ds) => split_batch_norm(&ds.bn, conv2d(&ds.conv, x.clone()), splits)?,
             None => x.clone(),
         };
-        let out = relu(split_batch_norm(&self.bn1, self.conv1.forward(x), splits)?);
-        let mut out = split_batch_norm(&self.bn2, self.conv2.forward(out), splits)?;
+        let out = relu(split_batch_norm(&self.bn1, conv2d(&self.conv1, x), splits)?);
+        let mut out = split_batch_norm(&self.bn2, conv2d(&self.conv2, out), splits)?;
         if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
-            out = split_batch_norm(bn3, conv3.forward(relu(out)), splits)?;
+            out = split_batch_norm(bn3, conv2d(conv3, relu(out)), splits)?;
         }
         Ok(relu(out + identity))
     }

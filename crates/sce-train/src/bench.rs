@@ -267,7 +267,22 @@ struct StepReport {
     steps: usize,
     images_per_s: f64,
     seconds_per_step: f64,
+    /// `gemm` (sce-model's kernels) or `burn` (`SCE_CONV=burn`): which convolutions ran on flex.
+    conv_kernels: &'static str,
+    /// Seconds per step inside the GEMM convolution kernels: forward, input gradient, weight
+    /// gradient (zero where they did not run: another device, or `SCE_CONV=burn`).
+    conv_seconds_per_step: [f64; 3],
+    /// The process's peak resident memory (Linux), MiB.
+    peak_rss_mib: Option<f64>,
     device: String,
+}
+
+/// The process's peak resident set size in MiB, from `/proc/self/status` (Linux only).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 impl StepBench {
@@ -306,7 +321,7 @@ impl StepBench {
         let config = self.config()?;
         let device = parse_device(&self.common.device)?;
         // Benchmark the reductions training would use on this device.
-        crate::check::adapt_to_device(&device);
+        crate::check::adapt_to_device(&device)?;
         let ad = device.clone().autodiff();
         let total = self.steps + 1;
         let model = fresh_model(&config, total, &ad)?;
@@ -346,6 +361,7 @@ impl StepBench {
         ));
         step(&mut learner)?;
         device.sync().map_err(|e| anyhow!("device error: {e:?}"))?;
+        let conv_before = sce_model::conv::kernel_times();
         let start = Instant::now();
         for i in 0..self.steps {
             let loss = step(&mut learner)?;
@@ -355,6 +371,10 @@ impl StepBench {
         let _ = learner.model().queue.keys().into_data();
         device.sync().map_err(|e| anyhow!("device error: {e:?}"))?;
         let seconds = start.elapsed().as_secs_f64();
+        let conv_after = sce_model::conv::kernel_times();
+        let conv_seconds_per_step = std::array::from_fn(|i| {
+            (conv_after[i] - conv_before[i]).as_secs_f64() / self.steps as f64
+        });
         let report = StepReport {
             bench: "step",
             model: self.model,
@@ -362,11 +382,23 @@ impl StepBench {
             steps: self.steps,
             images_per_s: (self.steps * self.batch) as f64 / seconds,
             seconds_per_step: seconds / self.steps as f64,
+            conv_kernels: match sce_model::conv::conv_kernels() {
+                sce_model::conv::ConvKernels::Gemm => "gemm",
+                sce_model::conv::ConvKernels::Burn => "burn",
+            },
+            conv_seconds_per_step,
+            peak_rss_mib: peak_rss_mib(),
             device: format!("{device:?}"),
         };
+        let [forward, input_grad, weight_grad] = conv_seconds_per_step;
         console.line(format!(
-            "{:.2} source images/s, {:.3} s/step",
-            report.images_per_s, report.seconds_per_step
+            "{:.2} source images/s, {:.3} s/step (GEMM convolutions: forward {forward:.3} s, \
+             input gradients {input_grad:.3} s, weight gradients {weight_grad:.3} s); peak RSS {}",
+            report.images_per_s,
+            report.seconds_per_step,
+            report
+                .peak_rss_mib
+                .map_or("unknown".into(), |m| format!("{m:.0} MiB")),
         ));
         if self.common.json {
             println!("{}", serde_json::to_string(&report)?);
@@ -381,7 +413,7 @@ impl StepBench {
         let config = self.config()?;
         let device = parse_device(&self.common.device)?;
         // Benchmark the reductions training would use on this device.
-        crate::check::adapt_to_device(&device);
+        crate::check::adapt_to_device(&device)?;
         let ad = device.clone().autodiff();
         device.seed(0);
         let trunk = crate::train::pair_config(&config, 3).trunk.init(&ad)?;

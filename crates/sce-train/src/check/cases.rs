@@ -2,9 +2,9 @@
 //! device under test, and compares it with a float64 reference computed on the host from the
 //! same inputs (never with another Burn backend, so the CPU backend is checked too).
 
-use burn::nn::LinearConfig;
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
+use burn::module::Param;
+use burn::nn::conv::Conv2dConfig;
+use burn::nn::{LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Tensor, TensorData};
 use sce_loss::golden::{BUNDLED, GoldenFile};
 use sce_loss::{QueueObjective, SceLoss, sum_rows};
@@ -54,6 +54,7 @@ pub const CASES: &[Case] = &[
     (MATMUL, matmul),
     (CONV, conv_forward_backward),
     (CONV_LARGE, conv_large_batch),
+    (CONV_STRIDED, conv_strided),
     (BN_FORWARD, batch_norm_forward),
     (BN_BACKWARD, batch_norm_backward),
     (SCE_LOSS, sce_loss_value),
@@ -70,6 +71,7 @@ const RAW_LONG_ROW: &str = "one-pass sum over one long row (1 × 300,000)";
 const RAW_LONG_ROWS: &str = "one-pass mean over long rows (4 × 100,352)";
 const MATMUL: &str = "matmul (256 × 96 · 96 × 80)";
 const CONV: &str = "conv2d 3×3 forward, input and weight gradients";
+const CONV_STRIDED: &str = "conv2d 3×3 and 1×1 stride 2 (downsampling), forward and gradients";
 const CONV_LARGE: &str = "conv2d 3×3 forward and gradients over a large batch (128 × 4 × 28 × 28)";
 const BN_FORWARD: &str = "batch norm training statistics and output (128 × 4 × 28 × 28)";
 const BN_BACKWARD: &str = "batch norm input, scale and shift gradients (128 × 4 × 28 × 28)";
@@ -197,25 +199,42 @@ fn matmul(device: &Device) -> CheckOutcome {
 
 /// A 3×3, padding-1, stride-1 convolution and both its gradients for the loss `Σ y·g`.
 fn conv_forward_backward(device: &Device) -> CheckOutcome {
-    conv_case(CONV, [4, 3, 5, 10, 10], device)
+    conv_case(CONV, [4, 3, 5, 10, 10], [3, 1, 1], device)
 }
 
 /// The same at the size of a small-image recipe's first layers: each weight gradient sums over
 /// batch × height × width = 100,352 positions, a long reduction inside the kernel.
 fn conv_large_batch(device: &Device) -> CheckOutcome {
-    conv_case(CONV_LARGE, [128, 4, 4, 28, 28], device)
+    conv_case(CONV_LARGE, [128, 4, 4, 28, 28], [3, 1, 1], device)
 }
 
-/// A 3×3, padding-1, stride-1 convolution of `[n, ci, h, w]` into `co` channels, and both its
-/// gradients for the loss `Σ y·g`, against float64.
-fn conv_case(name: &'static str, [n, ci, co, h, w]: [usize; 5], device: &Device) -> CheckOutcome {
-    let k = 3;
+/// A ResNet stage's downsampling: the 3×3 stride-2 convolution and the 1×1 stride-2 shortcut,
+/// on channel counts off the SIMD width.
+fn conv_strided(device: &Device) -> CheckOutcome {
+    let a = conv_case(CONV_STRIDED, [3, 5, 7, 9, 9], [3, 2, 1], device);
+    let b = conv_case(CONV_STRIDED, [3, 5, 7, 9, 9], [1, 2, 0], device);
+    if a.max_error >= b.max_error { a } else { b }
+}
+
+/// A `kernel`×`kernel` convolution (`[kernel, stride, padding]`) of `[n, ci, h, w]` into `co`
+/// channels, run as training runs it (`sce_model::conv::conv2d`: the GEMM kernels on `flex`,
+/// Burn's elsewhere), and both its gradients for the loss `Σ y·g`, against float64.
+fn conv_case(
+    name: &'static str,
+    [n, ci, co, h, w]: [usize; 5],
+    [k, stride, pad]: [usize; 3],
+    device: &Device,
+) -> CheckOutcome {
+    let (oh, ow) = (
+        (h + 2 * pad - k) / stride + 1,
+        (w + 2 * pad - k) / stride + 1,
+    );
     let x = host_values(n * ci * h * w, 4);
     let weight = host_values(co * ci * k * k, 5);
     // The last image's upstream gradient dominates: a weight-gradient reduction that stops
     // before the end of the batch is far off, not a rounding error.
-    let mut g = host_values(n * co * h * w, 6);
-    let last = (n - 1) * co * h * w;
+    let mut g = host_values(n * co * oh * ow, 6);
+    let last = (n - 1) * co * oh * ow;
     g[last..].iter_mut().for_each(|v| *v *= 50.0);
     let (mut y, mut dx, mut dw) = (
         vec![0.0f64; g.len()],
@@ -224,13 +243,14 @@ fn conv_case(name: &'static str, [n, ci, co, h, w]: [usize; 5], device: &Device)
     );
     for b in 0..n {
         for o in 0..co {
-            for i in 0..h {
-                for j in 0..w {
-                    let yi = ((b * co + o) * h + i) * w + j;
+            for i in 0..oh {
+                for j in 0..ow {
+                    let yi = ((b * co + o) * oh + i) * ow + j;
                     for c in 0..ci {
                         for a in 0..k {
                             for e in 0..k {
-                                let (xi, xj) = ((i + a) as isize - 1, (j + e) as isize - 1);
+                                let xi = (i * stride + a) as isize - pad as isize;
+                                let xj = (j * stride + e) as isize - pad as isize;
                                 if xi < 0 || xj < 0 || xi >= h as isize || xj >= w as isize {
                                     continue;
                                 }
@@ -247,18 +267,23 @@ fn conv_case(name: &'static str, [n, ci, co, h, w]: [usize; 5], device: &Device)
         }
     }
     let ad = device.clone().autodiff();
+    let mut conv = Conv2dConfig::new([ci, co], [k, k])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+        .with_bias(false)
+        .init(&ad);
+    conv.weight = Param::from_tensor(upload(&weight, [co, ci, k, k], &ad));
     let xt = upload(&x, [n, ci, h, w], &ad).require_grad();
-    let wt = upload(&weight, [co, ci, k, k], &ad).require_grad();
-    let out = conv2d(
-        xt.clone(),
-        wt.clone(),
-        None,
-        ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
-    );
+    let out = sce_model::conv::conv2d(&conv, xt.clone());
     let got_y = download(out.clone());
-    let grads = (out * upload(&g, [n, co, h, w], &ad)).sum().backward();
+    let grads = (out * upload(&g, [n, co, oh, ow], &ad)).sum().backward();
     let got_dx = xt.grad(&grads).map(download).unwrap_or_default();
-    let got_dw = wt.grad(&grads).map(download).unwrap_or_default();
+    let got_dw = conv
+        .weight
+        .val()
+        .grad(&grads)
+        .map(download)
+        .unwrap_or_default();
     let error = relative_error(&got_y, &y)
         .max(relative_error(&got_dx, &dx))
         .max(relative_error(&got_dw, &dw));

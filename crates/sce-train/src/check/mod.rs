@@ -14,6 +14,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use clap::Args;
 use sce_loss::{LongRows, set_long_rows};
+use sce_model::conv::{ConvKernels, set_conv_kernels};
 use sce_model::{StatisticsReduction, set_statistics_reduction};
 use serde::Serialize;
 
@@ -49,12 +50,14 @@ pub struct Adaptation {
 /// Chooses, for the whole process, how training reduces long rows on `device`: in one pass,
 /// Burn's way, where that comes out right, in short passes where it does not (the device is
 /// told apart by what it computes, not by its name). `SCE_REDUCTIONS=short` or `=fused`
-/// overrides the choice (to measure either path).
-pub fn adapt_to_device(device: &burn::tensor::Device) -> Adaptation {
-    let (short, probes) = match std::env::var("SCE_REDUCTIONS").as_deref() {
-        Ok("short") => (true, Vec::new()),
-        Ok("fused") => (false, Vec::new()),
-        _ => {
+/// overrides the choice, and `SCE_CONV=burn` runs Burn's own convolutions on `flex` in place of
+/// the GEMM kernels (`=gemm`, the default), to measure either path. Any other value of either
+/// variable is an error.
+pub fn adapt_to_device(device: &burn::tensor::Device) -> anyhow::Result<Adaptation> {
+    let (short, probes) = match env_choice("SCE_REDUCTIONS", &["short", "fused"])? {
+        Some("short") => (true, Vec::new()),
+        Some(_) => (false, Vec::new()),
+        None => {
             let probes = catch_unwind(AssertUnwindSafe(|| cases::one_pass_reductions(device)))
                 .map(Vec::from)
                 .unwrap_or_default();
@@ -64,6 +67,10 @@ pub fn adapt_to_device(device: &burn::tensor::Device) -> Adaptation {
             )
         }
     };
+    set_conv_kernels(match env_choice("SCE_CONV", &["gemm", "burn"])? {
+        Some("burn") => ConvKernels::Burn,
+        _ => ConvKernels::Gemm,
+    });
     set_statistics_reduction(if short {
         StatisticsReduction::Short
     } else {
@@ -74,7 +81,32 @@ pub fn adapt_to_device(device: &burn::tensor::Device) -> Adaptation {
     } else {
         LongRows::Fused
     });
-    Adaptation { short, probes }
+    Ok(Adaptation { short, probes })
+}
+
+/// The value of the switch `name` when set, one of `accepted`; anything else is an error that
+/// names the variable and its values (a typo must not silently measure the other path).
+fn env_choice(name: &str, accepted: &[&'static str]) -> anyhow::Result<Option<&'static str>> {
+    match std::env::var(name) {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Ok(value) if value.is_empty() => Ok(None),
+        Ok(value) => accepted
+            .iter()
+            .find(|a| **a == value)
+            .map(|a| Some(*a))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{name}={value:?} is not a known value; use one of: {} (or unset it)",
+                    accepted.join(", ")
+                )
+            }),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            anyhow::bail!(
+                "{name} is not valid UTF-8; use one of: {}",
+                accepted.join(", ")
+            )
+        }
+    }
 }
 
 /// The one line said when a device needs short reductions.
@@ -133,7 +165,7 @@ impl CheckCmd {
             "checking {device:?} against float64 references ({} checks)…",
             CASES.len()
         ));
-        let adaptation = adapt_to_device(&device);
+        let adaptation = adapt_to_device(&device)?;
         for probe in &adaptation.probes {
             let verdict = if probe.passed { "exact" } else { "WRONG" };
             console.line(format!(

@@ -428,7 +428,7 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
         )));
     }
     let device = devices[0].clone();
-    if crate::check::adapt_to_device(&device).short {
+    if crate::check::adapt_to_device(&device)?.short {
         console.line(crate::check::short_reductions_note(&device));
     }
     let train_device = device.clone().autodiff();
