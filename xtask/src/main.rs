@@ -174,6 +174,17 @@ fn ci() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The R18-CIFAR training step of docs/benchmarks.md.
+const R18_STEP: [&str; 7] = [
+    "bench",
+    "step",
+    "--model",
+    "resnet18-cifar",
+    "--batch",
+    "64",
+    "--json",
+];
+
 fn bench(args: &[String]) -> anyhow::Result<()> {
     let data = data_dir()?;
     let samples = format!("{data}/samples");
@@ -210,15 +221,7 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
             &samples,
             "--json",
         ],
-        vec![
-            "bench",
-            "step",
-            "--model",
-            "resnet18-cifar",
-            "--batch",
-            "64",
-            "--json",
-        ],
+        R18_STEP.to_vec(),
         vec![
             "bench",
             "trunk",
@@ -236,6 +239,43 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
     }
     for run in runs {
         step(&run[..3].join(" "), bin, &run, &[])?;
+    }
+    // The same R18 step on Burn's own convolutions: the before/after of docs/benchmarks.md,
+    // in the same sitting.
+    step(
+        "bench step with SCE_CONV=burn",
+        bin,
+        &R18_STEP,
+        &[("SCE_CONV", "burn")],
+    )?;
+    match std::env::var("TORCH_PYTHON") {
+        Ok(python) => {
+            let mut models = vec!["resnet18-cifar"];
+            if args.iter().any(|a| a == "--full") {
+                models.push("resnet50");
+            }
+            for model in models {
+                let batch = if model == "resnet50" { "16" } else { "64" };
+                step(
+                    "PyTorch baseline",
+                    &python,
+                    &[
+                        "docs/baselines/torch_step.py",
+                        "--model",
+                        model,
+                        "--batch",
+                        batch,
+                        "--steps",
+                        "3",
+                    ],
+                    &[],
+                )?;
+            }
+        }
+        Err(_) => eprintln!(
+            "\n==> PyTorch baseline: skipped; set TORCH_PYTHON to a Python with torch and \
+             torchvision to run docs/baselines/torch_step.py in the same sitting"
+        ),
     }
     Ok(())
 }

@@ -75,7 +75,7 @@ impl ConvGeometry {
         self.c_out * self.patch_len()
     }
 
-    /// Images per chunk: as many as fit [`COLUMN_BUDGET`], at least one.
+    /// Images per chunk: as many as fit `COLUMN_BUDGET`, at least one.
     pub fn images_per_chunk(&self) -> usize {
         (COLUMN_BUDGET / (self.patch_len() * self.positions()).max(1)).clamp(1, self.batch)
     }

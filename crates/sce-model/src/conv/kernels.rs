@@ -1,4 +1,5 @@
-//! Convolution forward and both gradients as three well-shaped GEMMs over chunks of images.
+//! Convolution forward and both gradients as three well-shaped GEMMs over chunks of images
+//! (3×3 stride-1 convolutions go on to [`winograd`]).
 //!
 //! For a chunk of `nb` images, `col` is the `[patch_len, nb · positions]` matrix of input patches
 //! (im2col, one column per output position). Then
@@ -17,11 +18,15 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 
 use super::geometry::ConvGeometry;
+use super::winograd;
 
 /// `y[batch, c_out, out_h, out_w]` of input `x[batch, c_in, h, w]` and weight `[c_out, patch_len]`.
 pub fn forward(g: &ConvGeometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
     let _timer = Timer::start(Kernel::Forward);
     assert_lengths(g, x.len(), weight.len(), None);
+    if winograd::applies(g) {
+        return winograd::forward(g, x, weight);
+    }
     let (k, p) = (g.patch_len(), g.positions());
     let mut y: Vec<f32> = Vec::with_capacity(g.output_len());
     with_scratch(|Scratch { col, product, .. }| {
@@ -59,6 +64,9 @@ pub fn forward(g: &ConvGeometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
 pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let _timer = Timer::start(Kernel::WeightGrad);
     assert_lengths(g, x.len(), g.weight_len(), Some(dy.len()));
+    if winograd::applies(g) {
+        return winograd::weight_grad(g, x, dy);
+    }
     let k = g.patch_len();
     let mut dw = vec![0.0; g.weight_len()];
     with_scratch(
@@ -87,6 +95,9 @@ pub fn weight_grad(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
 pub fn input_grad(g: &ConvGeometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
     let _timer = Timer::start(Kernel::InputGrad);
     assert_lengths(g, g.input_len(), weight.len(), Some(dy.len()));
+    if winograd::applies(g) {
+        return winograd::input_grad(g, weight, dy);
+    }
     let k = g.patch_len();
     let mut dx = vec![0.0; g.input_len()];
     with_scratch(
@@ -117,17 +128,17 @@ pub fn input_grad(g: &ConvGeometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
 /// Buffers reused from call to call: a training step makes hundreds of convolution calls, and
 /// fresh multi-megabyte buffers would each be zeroed and page-faulted in again.
 #[derive(Default)]
-struct Scratch {
-    col: Vec<f32>,
-    product: Vec<f32>,
-    output_grad: Vec<f32>,
+pub(super) struct Scratch {
+    pub(super) col: Vec<f32>,
+    pub(super) product: Vec<f32>,
+    pub(super) output_grad: Vec<f32>,
 }
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
 }
 
-fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+pub(super) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     SCRATCH.with(|scratch| f(&mut scratch.borrow_mut()))
 }
 
@@ -292,30 +303,40 @@ fn gather_output_grad(
         });
 }
 
-/// A row-major destination `rows × cols`.
-struct Matrix<'a> {
+/// A row-major destination `rows × cols`, `stride` elements from one row to the next.
+pub(super) struct Matrix<'a> {
     data: &'a mut [f32],
     rows: usize,
     cols: usize,
+    stride: usize,
 }
 
 impl<'a> Matrix<'a> {
-    fn row_major(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
-        assert!(data.len() >= rows * cols);
-        Self { data, rows, cols }
+    pub(super) fn row_major(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
+        Self::strided(data, rows, cols, cols)
+    }
+
+    pub(super) fn strided(data: &'a mut [f32], rows: usize, cols: usize, stride: usize) -> Self {
+        assert!(rows == 0 || (rows - 1) * stride + cols <= data.len());
+        Self {
+            data,
+            rows,
+            cols,
+            stride,
+        }
     }
 }
 
 /// A GEMM operand read from a row-major buffer with `stride` elements per row, either as stored
 /// or transposed.
-struct Operand<'a> {
+pub(super) struct Operand<'a> {
     data: &'a [f32],
     stride: usize,
     transposed: bool,
 }
 
 impl<'a> Operand<'a> {
-    fn row_major(data: &'a [f32], stride: usize) -> Self {
+    pub(super) fn row_major(data: &'a [f32], stride: usize) -> Self {
         Self {
             data,
             stride,
@@ -323,7 +344,7 @@ impl<'a> Operand<'a> {
         }
     }
 
-    fn transposed(data: &'a [f32], stride: usize) -> Self {
+    pub(super) fn transposed(data: &'a [f32], stride: usize) -> Self {
         Self {
             data,
             stride,
@@ -352,7 +373,42 @@ impl<'a> Operand<'a> {
 
 /// `dst = lhs · rhs` (or `dst += lhs · rhs` when `accumulate`), `lhs` being `dst.rows × depth`
 /// and `rhs` `depth × dst.cols`, on all of rayon's threads.
-fn gemm(dst: Matrix<'_>, lhs: Operand<'_>, rhs: Operand<'_>, depth: usize, accumulate: bool) {
+pub(super) fn gemm(
+    dst: Matrix<'_>,
+    lhs: Operand<'_>,
+    rhs: Operand<'_>,
+    depth: usize,
+    accumulate: bool,
+) {
+    gemm_on(
+        dst,
+        lhs,
+        rhs,
+        depth,
+        accumulate,
+        gemm::Parallelism::Rayon(0),
+    );
+}
+
+/// [`gemm`] on the calling thread alone, for callers that run several products in parallel.
+pub(super) fn gemm_serial(
+    dst: Matrix<'_>,
+    lhs: Operand<'_>,
+    rhs: Operand<'_>,
+    depth: usize,
+    accumulate: bool,
+) {
+    gemm_on(dst, lhs, rhs, depth, accumulate, gemm::Parallelism::None);
+}
+
+fn gemm_on(
+    dst: Matrix<'_>,
+    lhs: Operand<'_>,
+    rhs: Operand<'_>,
+    depth: usize,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
     let (m, n) = (dst.rows, dst.cols);
     lhs.check(m, depth);
     rhs.check(depth, n);
@@ -367,7 +423,7 @@ fn gemm(dst: Matrix<'_>, lhs: Operand<'_>, rhs: Operand<'_>, depth: usize, accum
             depth,
             dst.data.as_mut_ptr(),
             1,
-            n as isize,
+            dst.stride as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs_cs,
@@ -380,7 +436,7 @@ fn gemm(dst: Matrix<'_>, lhs: Operand<'_>, rhs: Operand<'_>, depth: usize, accum
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(0),
+            parallelism,
         );
     }
 }
@@ -519,43 +575,45 @@ mod tests {
         }
     }
 
-    /// Finite differences of `L = Σ r·y` through the f32 kernels themselves.
+    /// Finite differences of `L = Σ r·y` through the f32 kernels themselves: a stride-2
+    /// convolution (im2col) and a 3×3 stride-1 one (Winograd).
     #[test]
     fn gradients_match_finite_differences() {
-        let g = geometries()[1];
-        let x = values(g.input_len(), 7);
-        let w = values(g.weight_len(), 8);
-        let r = values(g.output_len(), 9);
-        let loss = |x: &[f32], w: &[f32]| -> f64 {
-            forward(&g, x, w)
-                .iter()
-                .zip(&r)
-                .map(|(a, b)| *a as f64 * *b as f64)
-                .sum()
-        };
-        let (dx, dw) = (input_grad(&g, &w, &r), weight_grad(&g, &x, &r));
-        let h = 1e-2f32;
-        for j in (0..x.len()).step_by(13) {
-            let (mut up, mut down) = (x.clone(), x.clone());
-            up[j] += h;
-            down[j] -= h;
-            let fd = (loss(&up, &w) - loss(&down, &w)) / (2.0 * h as f64);
-            assert!(
-                (fd - dx[j] as f64).abs() < 1e-3,
-                "dx[{j}]: {} vs {fd}",
-                dx[j]
-            );
-        }
-        for j in (0..w.len()).step_by(7) {
-            let (mut up, mut down) = (w.clone(), w.clone());
-            up[j] += h;
-            down[j] -= h;
-            let fd = (loss(&x, &up) - loss(&x, &down)) / (2.0 * h as f64);
-            assert!(
-                (fd - dw[j] as f64).abs() < 1e-3,
-                "dW[{j}]: {} vs {fd}",
-                dw[j]
-            );
+        for g in [geometries()[1], geometries()[0]] {
+            let x = values(g.input_len(), 7);
+            let w = values(g.weight_len(), 8);
+            let r = values(g.output_len(), 9);
+            let loss = |x: &[f32], w: &[f32]| -> f64 {
+                forward(&g, x, w)
+                    .iter()
+                    .zip(&r)
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum()
+            };
+            let (dx, dw) = (input_grad(&g, &w, &r), weight_grad(&g, &x, &r));
+            let h = 1e-2f32;
+            for j in (0..x.len()).step_by(13) {
+                let (mut up, mut down) = (x.clone(), x.clone());
+                up[j] += h;
+                down[j] -= h;
+                let fd = (loss(&up, &w) - loss(&down, &w)) / (2.0 * h as f64);
+                assert!(
+                    (fd - dx[j] as f64).abs() < 1e-3,
+                    "dx[{j}]: {} vs {fd}",
+                    dx[j]
+                );
+            }
+            for j in (0..w.len()).step_by(7) {
+                let (mut up, mut down) = (w.clone(), w.clone());
+                up[j] += h;
+                down[j] -= h;
+                let fd = (loss(&x, &up) - loss(&x, &down)) / (2.0 * h as f64);
+                assert!(
+                    (fd - dw[j] as f64).abs() < 1e-3,
+                    "dW[{j}]: {} vs {fd}",
+                    dw[j]
+                );
+            }
         }
     }
 

@@ -1,6 +1,8 @@
-//! Convolutions for the trunks: on the `flex` CPU backend, forward and both gradients as three
-//! well-shaped GEMMs ([`kernels`]); everywhere else, and for anything the kernels do not cover
-//! (bias, groups, dilation, asymmetric padding, other dtypes), Burn's own `Conv2d::forward`.
+//! Convolutions for the trunks. On the `flex` CPU backend, sce-model's own kernels with their
+//! own backward step: Winograd F(2×2, 3×3) for 3×3 stride-1 convolutions (`winograd.rs`),
+//! three well-shaped GEMMs for the others (`kernels.rs`). Everywhere else, and for anything the
+//! kernels do not cover (bias, groups, dilation, asymmetric padding, other dtypes), Burn's
+//! own `Conv2d::forward`.
 //!
 //! Why: Burn's `flex` computes a convolution's weight gradient as a convolution whose GEMM is
 //! only kernel-size wide and its input gradient as a transposed convolution; together they
@@ -8,6 +10,7 @@
 
 mod geometry;
 mod kernels;
+mod winograd;
 
 #[cfg(feature = "flex")]
 mod flex;
