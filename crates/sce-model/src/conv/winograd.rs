@@ -189,6 +189,26 @@ fn untransform_weight_grad(du: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     dw
 }
 
+/// Fills `buffer`, rows of `padded` values, with the `h × w` plane's rows from
+/// `first_row − pad` on, each shifted right by `pad`; zero wherever that falls outside the plane.
+fn load_padded_rows(
+    src: &[f32],
+    h: usize,
+    w: usize,
+    first_row: usize,
+    pad: usize,
+    padded: usize,
+    buffer: &mut [f32],
+) {
+    for (r, row) in buffer.chunks_exact_mut(padded).enumerate() {
+        row.fill(0.0);
+        let y = (first_row + r).wrapping_sub(pad);
+        if y < h {
+            row[pad..pad + w].copy_from_slice(&src[y * w..][..w]);
+        }
+    }
+}
+
 /// Writes `A e Aᵀ` of every 2×2 tile `e` of one `h × w` output-gradient plane (zero outside
 /// it) into `rows[ξ][offset + tile]`, with `A = [[1, 0], [1, 1], [1, −1], [0, −1]]`.
 fn transform_output_grad_tiles(
@@ -203,13 +223,7 @@ fn transform_output_grad_tiles(
     let padded = 2 * tw;
     let mut e = vec![0.0f32; 2 * padded];
     for ty in 0..h.div_ceil(2) {
-        for (r, row) in e.chunks_exact_mut(padded).enumerate() {
-            row.fill(0.0);
-            let y = 2 * ty + r;
-            if y < h {
-                row[..w].copy_from_slice(&src[y * w..][..w]);
-            }
-        }
+        load_padded_rows(src, h, w, 2 * ty, 0, padded, &mut e);
         let (e0, e1) = e.split_at(padded);
         let first = offset + ty * tw;
         // t = A e: rows e0, e0 + e1, e0 − e1, −e1; then · Aᵀ per tile: a, a + b, a − b, −b.
@@ -281,13 +295,7 @@ fn transform_input_tiles(
     let mut t = vec![0.0f32; 4 * padded];
     let (mut even, mut odd) = (vec![0.0f32; tw + 1], vec![0.0f32; tw + 1]);
     for ty in 0..h.div_ceil(2) {
-        for (r, row) in d.chunks_exact_mut(padded).enumerate() {
-            row.fill(0.0);
-            let y = (2 * ty + r).wrapping_sub(1);
-            if y < h {
-                row[1..=w].copy_from_slice(&src[y * w..][..w]);
-            }
-        }
+        load_padded_rows(src, h, w, 2 * ty, 1, padded, &mut d);
         let (d0, rest) = d.split_at(padded);
         let (d1, rest) = rest.split_at(padded);
         let (d2, d3) = rest.split_at(padded);
