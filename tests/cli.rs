@@ -11,7 +11,7 @@ fn help_lists_the_subcommands() {
     assert!(out.status.success());
     let help = stdout(&out);
     for command in [
-        "pretrain", "linear", "knn", "embed", "bench", "export", "check", "fetch",
+        "pretrain", "linear", "knn", "preview", "embed", "bench", "export", "check", "fetch",
     ] {
         assert!(help.contains(command), "--help lacks `{command}`:\n{help}");
     }
@@ -286,4 +286,65 @@ fn fetch_fills_the_user_cache_and_explains_when_it_cannot() {
     let out = fetch(&[("SCE_DATA_DOWNLOAD", "0")]);
     assert_clean_failure(&out, 1, &["mnist not found", "t10k-images-idx3-ubyte.gz"]);
     assert_eq!(common::stderr(&out).lines().count(), 1, "one line");
+}
+
+/// `preview` draws the configured augmentation: on the quick start's training set (the weak and
+/// strong views of the small-dataset recipe), and on an image folder with the multi-crop recipe
+/// (two global and four local crops). A folder that does not exist is named.
+#[test]
+fn preview_draws_the_configured_views() {
+    let Some(data) = common::data_dir("preview_draws_the_configured_views") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let quickstart = dir.path().join("quickstart.png");
+    let out = sce_train()
+        .args(["preview", "--json", "--data-dir"])
+        .arg(&data)
+        .arg("--output")
+        .arg(&quickstart)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let report = common::json_line(&out);
+    assert_eq!(report["images"], 6);
+    assert_eq!(
+        report["views"],
+        serde_json::json!(["weak view", "strong view"])
+    );
+    let picture = image::open(&quickstart).unwrap().to_rgb8();
+    assert!(
+        picture.height() > 6 * 96,
+        "six rows: {:?}",
+        picture.dimensions()
+    );
+
+    let folder = dir.path().join("folder.png");
+    let out = sce_train()
+        .args(["preview", "--json", "--images", "2"])
+        .args(["--config", "configs/imagenet-multicrop.toml", "--input"])
+        .arg(common::fashion_samples(&data))
+        .arg("--output")
+        .arg(&folder)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let report = common::json_line(&out);
+    assert_eq!(report["images"], 2);
+    let views = report["views"].as_array().unwrap();
+    assert_eq!(views.len(), 6, "{report}");
+    assert_eq!(views[0], "global 1");
+    assert_eq!(views[5], "local");
+    let picture = image::open(&folder).unwrap().to_rgb8();
+    assert!(
+        picture.width() > 7 * 96,
+        "source + six views: {:?}",
+        picture.dimensions()
+    );
+
+    let out = sce_train()
+        .args(["preview", "--input", "no/such/folder"])
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, 2, &["no/such/folder"]);
 }

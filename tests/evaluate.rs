@@ -97,7 +97,7 @@ fn linear_evaluation_writes_its_report() {
 }
 
 #[test]
-fn embed_writes_embeddings_and_a_query_finds_itself() {
+fn embed_writes_embeddings_and_a_query_finds_itself_in_a_grid_and_a_map() {
     let Some(data) = common::data_dir("embed_writes_embeddings") else {
         return;
     };
@@ -115,6 +115,8 @@ fn embed_writes_embeddings_and_a_query_finds_itself() {
     assert_eq!(count, 20);
     let query = images.path().join("fashionMNIST_07_6.png");
     let output = images.path().join("embeddings.safetensors");
+    let grid = images.path().join("neighbours.png");
+    let map = images.path().join("map.png");
     let out = on_run(
         &run,
         &[
@@ -128,10 +130,33 @@ fn embed_writes_embeddings_and_a_query_finds_itself() {
             output.to_str().unwrap(),
             "--query",
             query.to_str().unwrap(),
+            "--grid",
+            grid.to_str().unwrap(),
+            "--map",
+            map.to_str().unwrap(),
         ],
     );
     let report = json_line(&out);
     assert_eq!(report["images"], 20);
+    // The query and its three neighbours in one row of 128-pixel tiles; the map of all 20.
+    let grid = image::open(&grid).unwrap().to_rgb8();
+    assert_eq!(grid.width(), 4 * (128 + 6) + 6);
+    // The first neighbour is the query itself: its tile holds the query's pixels.
+    let tile = |x0: u32| -> Vec<u8> {
+        (0..128)
+            .flat_map(|y| (0..128).map(move |x| (x, y)))
+            .map(|(x, y)| grid.get_pixel(x0 + x, 6 + y).0[0])
+            .collect()
+    };
+    assert!(
+        tile(6) == tile(6 + 134),
+        "the first neighbour's tile is not the query's"
+    );
+    assert!(
+        tile(6) != tile(6 + 2 * 134),
+        "the second neighbour's tile is the query's"
+    );
+    assert_eq!(image::open(&map).unwrap().width(), 760);
     let first = &report["neighbours"][0];
     assert!(
         first["name"]

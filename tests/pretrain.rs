@@ -74,6 +74,107 @@ fn state_files(run: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The quick start's configuration, on a budget (one epoch of 512 images, kNN on 1,000 / 200):
+/// its run directory holds what a user looks at, every file valid. The events read back with
+/// their checksums: a loss per step, kNN before and after training, the augmentation grid and
+/// an embedding map per kNN evaluation.
+#[test]
+fn quickstart_run_directory_holds_what_a_user_looks_at() {
+    use sce_train::report::tensorboard::{EventBody, ValueKind, event_files, read_events};
+    let Some(data) = common::data_dir("quickstart_run_directory_holds_what_a_user_looks_at") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = sce_train()
+        .args([
+            "pretrain",
+            "--config",
+            "configs/quickstart.toml",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg("--output")
+        .arg(&run)
+        .args(["--epochs", "1", "--limit-train", "512"])
+        .args([
+            "--set",
+            "eval.bank_limit=1000",
+            "--set",
+            "eval.test_limit=200",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let decoded = |name: &str| {
+        image::open(run.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .to_rgb8()
+    };
+    assert_eq!(decoded("training.png").dimensions(), (1200, 360));
+    assert_eq!(decoded("embedding_map.png").dimensions(), (760, 640));
+    // Six images, each beside its weak and strong view.
+    let grid = decoded("augmentations.png");
+    assert!(
+        grid.height() > 6 * 96 && grid.width() > 3 * 96,
+        "{:?}",
+        grid.dimensions()
+    );
+
+    let files = event_files(&run);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let events = read_events(&files[0]).unwrap();
+    let mut scalars: Vec<(String, i64)> = Vec::new();
+    let mut images: Vec<(String, i64, Vec<u8>)> = Vec::new();
+    for event in &events {
+        if let Some(EventBody::Summary(summary)) = &event.body {
+            for value in &summary.value {
+                match &value.value {
+                    Some(ValueKind::SimpleValue(v)) => {
+                        assert!(v.is_finite(), "{}: {v}", value.tag);
+                        scalars.push((value.tag.clone(), event.step));
+                    }
+                    Some(ValueKind::Image(image)) => images.push((
+                        value.tag.clone(),
+                        event.step,
+                        image.encoded_image_string.clone(),
+                    )),
+                    None => panic!("an empty value: {}", value.tag),
+                }
+            }
+        }
+    }
+    let steps_of = |tag: &str| -> Vec<i64> {
+        scalars
+            .iter()
+            .filter(|(t, _)| t == tag)
+            .map(|(_, s)| *s)
+            .collect()
+    };
+    assert_eq!(
+        steps_of("train/loss"),
+        vec![1, 2, 3, 4],
+        "512 images, batches of 128"
+    );
+    assert_eq!(steps_of("knn/top1"), vec![0, 4]);
+    assert_eq!(steps_of("knn/top5"), vec![0, 4]);
+    for tag in ["epoch/loss", "epoch/lr", "probe/top1", "epoch/images_per_s"] {
+        assert_eq!(steps_of(tag), vec![4], "{tag}");
+    }
+    let image_tags: Vec<(&str, i64)> = images.iter().map(|(t, s, _)| (t.as_str(), *s)).collect();
+    assert_eq!(
+        image_tags,
+        vec![
+            ("augmentations", 0),
+            ("embedding_map", 0),
+            ("embedding_map", 4)
+        ]
+    );
+    for (tag, _, png) in &images {
+        image::load_from_memory(png).unwrap_or_else(|e| panic!("{tag}: {e}"));
+    }
+}
+
 #[test]
 fn tiny_run_writes_its_run_directory() {
     let Some(data) = common::data_dir("tiny_run_writes_its_run_directory") else {
@@ -156,6 +257,26 @@ fn sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run() {
         "{}",
         stderr(&resumed)
     );
+    // TensorBoard reads both sessions' event files as one run: the second opens with a
+    // session start at the step it resumed from, so what the killed session logged past that
+    // step is dropped, and its first loss is the next step's.
+    use sce_train::report::tensorboard::{EventBody, event_files, read_events};
+    let files = event_files(&killed);
+    assert_eq!(files.len(), 2, "{files:?}");
+    let second = read_events(&files[1]).unwrap();
+    assert!(matches!(second[0].body, Some(EventBody::FileVersion(_))));
+    assert!(matches!(second[1].body, Some(EventBody::SessionLog(_))));
+    let resumed_at = second[1].step;
+    assert!(resumed_at >= 8, "resumed at step {resumed_at}");
+    let first_step = second
+        .iter()
+        .find(|e| match &e.body {
+            Some(EventBody::Summary(s)) => s.value.iter().any(|v| v.tag == "train/loss"),
+            _ => false,
+        })
+        .map(|e| e.step);
+    assert_eq!(first_step, Some(resumed_at + 1));
+
     let (a, b) = (summary(&full), summary(&killed));
     assert_eq!(a["final_loss"], b["final_loss"], "final loss after resume");
     assert_eq!(a["knn_top1"], b["knn_top1"], "kNN after resume");
@@ -588,7 +709,8 @@ fn limits_keep_every_class_and_short_runs_scale_their_warmup() {
 
 /// The online linear probe trains on labelled data by default (its train and test accuracy in
 /// `metrics.csv` and the summary, its records in each checkpoint); one key turns it off, and
-/// the trunk trains bit for bit the same either way.
+/// the trunk trains bit for bit the same either way. The same holds for the TensorBoard events
+/// and the embedding map.
 #[test]
 fn the_online_probe_is_on_for_labelled_data_and_off_with_one_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -612,7 +734,25 @@ fn the_online_probe_is_on_for_labelled_data_and_off_with_one_key() {
     let row: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
     assert!(!row[6].is_empty() && !row[7].is_empty(), "{csv}");
 
-    let (off, off_dir) = run("off", &["--set", "eval.online_probe=false"]);
+    // Reports off too: the pictures and events are on by default, one key each turns them
+    // off, and neither changes what trains.
+    let (off, off_dir) = run(
+        "off",
+        &[
+            "--set",
+            "eval.online_probe=false",
+            "--set",
+            "report.tensorboard=false",
+            "--set",
+            "report.embedding_map=false",
+        ],
+    );
+    let events = |dir: &Path| sce_train::report::tensorboard::event_files(dir).len();
+    assert_eq!(events(&on_dir), 1);
+    assert!(on_dir.join("embedding_map.png").is_file());
+    assert_eq!(events(&off_dir), 0);
+    assert!(!off_dir.join("embedding_map.png").exists());
+    assert!(off_dir.join("augmentations.png").is_file());
     assert!(
         off["probe_top1"].is_null() && off["probe_train_top1"].is_null(),
         "{off}"

@@ -47,10 +47,13 @@ fn fashion_mnist_and_mnist_load_completely() {
             assert_eq!(class_counts(test.as_ref()), vec![1_000; 10]);
             // The first training image of Fashion-MNIST is an ankle boot (class 9).
             assert_eq!(first.label, Some(9));
+            assert_eq!(train.class_names()[9], "Ankle boot");
         } else {
             // MNIST's first training digit is a 5.
             assert_eq!(first.label, Some(5));
+            assert_eq!(test.class_names()[5], "5");
         }
+        assert_eq!(train.class_names().len(), train.num_classes());
     }
 }
 

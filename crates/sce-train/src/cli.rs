@@ -1,5 +1,5 @@
-//! The command line: `pretrain` (default), `knn`, `linear`, `embed`, `export`, `bench`,
-//! `check`, `fetch`.
+//! The command line: `pretrain` (default), `knn`, `linear`, `preview`, `embed`, `export`,
+//! `bench`, `check`, `fetch`.
 
 use std::path::PathBuf;
 
@@ -36,6 +36,8 @@ pub enum Command {
     Knn(crate::commands::KnnCmd),
     /// Linear evaluation: a linear classifier on the frozen online trunk.
     Linear(crate::commands::LinearCmd),
+    /// A picture of the configured augmentation: images beside their views, before training.
+    Preview(crate::preview::PreviewCmd),
     /// Embeddings of images with a run's trunk; nearest-neighbour image retrieval.
     Embed(crate::commands::EmbedCmd),
     /// Write a run's online trunk (and heads) as safetensors, under torchvision's names.
@@ -195,6 +197,7 @@ pub fn main() -> std::process::ExitCode {
         Some(Command::Pretrain(cmd)) => cmd.run(),
         Some(Command::Knn(cmd)) => cmd.run(),
         Some(Command::Linear(cmd)) => cmd.run(),
+        Some(Command::Preview(cmd)) => cmd.run(),
         Some(Command::Embed(cmd)) => cmd.run(),
         Some(Command::Export(cmd)) => cmd.run(),
         Some(Command::Bench(cmd)) => cmd.run(),

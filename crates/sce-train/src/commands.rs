@@ -309,6 +309,13 @@ pub struct EmbedCmd {
     /// How many neighbours `--query` prints.
     #[arg(long, default_value_t = 5, value_parser = at_least_one)]
     pub top: usize,
+    /// With --query: draw the query and its neighbours (similarity, name, label) as a PNG.
+    #[arg(long, value_name = "FILE.png", requires = "query")]
+    pub grid: Option<PathBuf>,
+    /// A t-SNE map of the embeddings coloured by label, as a PNG (at most 2,000 images,
+    /// evenly thinned).
+    #[arg(long, value_name = "FILE.png")]
+    pub map: Option<PathBuf>,
     #[arg(long, default_value_t = 256, value_parser = at_least_one)]
     pub batch_size: usize,
 }
@@ -316,6 +323,8 @@ pub struct EmbedCmd {
 #[derive(Serialize)]
 struct Neighbour {
     rank: usize,
+    #[serde(skip)]
+    index: usize,
     name: String,
     label: Option<usize>,
     similarity: f32,
@@ -329,31 +338,39 @@ struct EmbedReport {
     neighbours: Vec<Neighbour>,
 }
 
+/// Images named on the command line: a folder (class subfolders give labels), or a dataset
+/// name with an optional split (`cifar10:train`; `default_split` otherwise), read with the
+/// channels of `config`.
+pub(crate) fn open_input(
+    input: &str,
+    default_split: &str,
+    config: &TrainConfig,
+    common: &Common,
+) -> anyhow::Result<Arc<dyn ImageSource>> {
+    let channels = channels_of(config);
+    let path = Path::new(input);
+    if path.is_dir() {
+        let folder = FolderImages::auto(path, channels)?;
+        for note in folder.notes() {
+            common.console().line(format!("note: {note}"));
+        }
+        return Ok(Arc::new(folder));
+    }
+    let (name, split) = input.split_once(':').unwrap_or((input, default_split));
+    let kind: DatasetKind = name.parse().map_err(|e: String| {
+        crate::error::usage(format!("--input `{input}`: not a folder, and {e}"))
+    })?;
+    let split: Split = serde_json::from_value(serde_json::Value::String(split.into()))
+        .map_err(|_| crate::error::usage(format!("--input: unknown split `{split}`")))?;
+    let mut config = config.clone();
+    config.data.dataset = kind;
+    let data = DataAccess::locate(&config, common.data_dir.clone(), &common.console())?;
+    data.open(split)
+}
+
 impl EmbedCmd {
     fn source(&self, config: &TrainConfig) -> anyhow::Result<Arc<dyn ImageSource>> {
-        let channels = channels_of(config);
-        let path = Path::new(&self.input);
-        if path.is_dir() {
-            let folder = FolderImages::auto(path, channels)?;
-            for note in folder.notes() {
-                self.common.console().line(format!("note: {note}"));
-            }
-            return Ok(Arc::new(folder));
-        }
-        let (name, split) = self.input.split_once(':').unwrap_or((&self.input, "test"));
-        let kind: DatasetKind = name.parse().map_err(|e: String| {
-            crate::error::usage(format!("--input `{}`: not a folder, and {e}", self.input))
-        })?;
-        let split: Split = serde_json::from_value(serde_json::Value::String(split.into()))
-            .map_err(|_| crate::error::usage(format!("--input: unknown split `{split}`")))?;
-        let mut config = config.clone();
-        config.data.dataset = kind;
-        let data = DataAccess::locate(
-            &config,
-            self.common.data_dir.clone(),
-            &self.common.console(),
-        )?;
-        data.open(split)
+        open_input(&self.input, "test", config, &self.common)
     }
 
     pub fn run(&self) -> anyhow::Result<()> {
@@ -386,12 +403,25 @@ impl EmbedCmd {
             .try_to_vec()
             .unwrap();
         let names: Vec<String> = indices.iter().map(|&i| source.item_name(i)).collect();
+        let indices_of_images = indices;
         let label_values: Vec<i64> = labels.iter().map(|l| l.map_or(-1, |v| v as i64)).collect();
         write_embeddings(&self.output, &flat, [n, dim], &label_values, &names)?;
         console.line(format!(
             "wrote {n} embeddings of dimension {dim} to {}",
             self.output.display()
         ));
+
+        if let Some(path) = &self.map {
+            write_map(
+                path,
+                &flat,
+                dim,
+                &labels,
+                &source.class_names(),
+                config.run.seed,
+            )?;
+            console.line(format!("wrote the embedding map to {}", path.display()));
+        }
 
         let mut neighbours = Vec::new();
         if let Some(query) = &self.query {
@@ -415,10 +445,19 @@ impl EmbedCmd {
                 eprintln!("{:>3}. {:.4}  {}", rank + 1, s, names[i]);
                 neighbours.push(Neighbour {
                     rank: rank + 1,
+                    index: indices_of_images[i],
                     name: names[i].clone(),
                     label: labels[i],
                     similarity: s,
                 });
+            }
+            if let Some(path) = &self.grid {
+                let picture = retrieval_grid(&*source, query, &image, &neighbours)?;
+                crate::report::write_png(path, &picture)?;
+                console.line(format!(
+                    "wrote the neighbours of the query to {}",
+                    path.display()
+                ));
             }
         }
         print_json(
@@ -431,6 +470,54 @@ impl EmbedCmd {
             },
         )
     }
+}
+
+/// The t-SNE map of `n` × `dim` embeddings, coloured by label, as a PNG.
+fn write_map(
+    path: &Path,
+    flat: &[f32],
+    dim: usize,
+    labels: &[Option<usize>],
+    class_names: &[String],
+    seed: u64,
+) -> anyhow::Result<()> {
+    let title = |shown| format!("t-SNE of {shown} embeddings");
+    let map = crate::report::embedding_map::map_of(flat, dim, labels, class_names, title, seed)
+        .context("the embedding map")?;
+    crate::report::write_png(path, &map)
+}
+
+/// The query beside its neighbours, each with rank, similarity, name and label.
+fn retrieval_grid(
+    source: &dyn ImageSource,
+    query: &Path,
+    image: &Image,
+    neighbours: &[Neighbour],
+) -> anyhow::Result<image::RgbImage> {
+    use crate::report::grid::{Tile, draw, rgb_of};
+    const COLUMNS: usize = 6;
+    let class_names = source.class_names();
+    let mut tiles = vec![Tile::new(
+        rgb_of(image),
+        ["query".to_string(), query.display().to_string()],
+    )];
+    for n in neighbours {
+        let sample = source
+            .get(n.index)
+            .with_context(|| format!("reading {}", n.name))?;
+        let mut caption = vec![
+            format!("{}. similarity {:.3}", n.rank, n.similarity),
+            n.name.clone(),
+        ];
+        caption.extend(n.label.map(|l| crate::report::class_label(&class_names, l)));
+        tiles.push(Tile::new(rgb_of(&sample.image), caption));
+    }
+    let mut rows = Vec::new();
+    let mut tiles = tiles.into_iter().peekable();
+    while tiles.peek().is_some() {
+        rows.push(tiles.by_ref().take(COLUMNS).collect());
+    }
+    draw(&rows, 128)
 }
 
 /// Writes embeddings, labels and names as one safetensors file, atomically.

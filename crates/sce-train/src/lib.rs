@@ -1,7 +1,8 @@
 //! `sce-train`: the SCE pretraining binary and what it is built from.
 //!
-//! - [`cli`]: the command line (`pretrain`, `knn`, `linear`, `embed`, `export`, `bench`,
-//!   `check`, `fetch`).
+//! - [`cli`]: the command line (`pretrain`, `knn`, `linear`, `preview`, `embed`, `export`,
+//!   `bench`, `check`, `fetch`).
+//! - [`preview`]: the configured augmentation as a picture, before training.
 //! - [`options`]: options every command takes, and the rules their values follow.
 //! - [`config`]: typed TOML configuration, `--set` overrides, validation.
 //! - [`backend`]: Cargo-feature backends chosen at run time with `--device`.
@@ -9,6 +10,8 @@
 //! - [`optim`]: LARS and the warmup + cosine schedule.
 //! - [`train`]: the epoch loop (a custom learning strategy), run directory, checkpoints.
 //! - [`eval`]: kNN, linear evaluation, embeddings.
+//! - [`report`]: what a user looks at: TensorBoard logs, augmentation and retrieval
+//!   pictures, embedding maps.
 //! - [`export`]: trained weights for PyTorch (torchvision's names) or Burn, with what to know.
 //! - [`bench`]: augmentation and training-step benchmarks.
 //! - [`check`]: a device's arithmetic against float64 references (`sce-train check`).
@@ -27,7 +30,9 @@ pub mod fetch;
 pub mod model;
 pub mod optim;
 pub mod options;
+pub mod preview;
 mod quiet;
+pub mod report;
 pub mod train;
 
 // `#[derive(RecordState)]` (LARS state) expands to paths at the crate root.

@@ -347,6 +347,10 @@ impl ImageSource for FolderImages {
         self.classes.len()
     }
 
+    fn class_names(&self) -> Vec<String> {
+        self.classes.clone()
+    }
+
     fn channels(&self) -> usize {
         self.channels
     }

@@ -11,6 +11,7 @@ pub struct InMemoryImages {
     /// One label per image; `None` for unlabelled data.
     labels: Vec<Option<u16>>,
     num_classes: usize,
+    class_names: Vec<String>,
 }
 
 impl InMemoryImages {
@@ -31,7 +32,14 @@ impl InMemoryImages {
             pixels,
             labels,
             num_classes,
+            class_names: Vec::new(),
         }
+    }
+
+    /// Names the classes (by label).
+    pub fn with_class_names(mut self, names: Vec<String>) -> Self {
+        self.class_names = names;
+        self
     }
 
     /// Two sets of the same image size concatenated (e.g. STL-10 train + unlabeled).
@@ -76,6 +84,10 @@ impl ImageSource for InMemoryImages {
 
     fn num_classes(&self) -> usize {
         self.num_classes
+    }
+
+    fn class_names(&self) -> Vec<String> {
+        self.class_names.clone()
     }
 
     fn channels(&self) -> usize {

@@ -42,6 +42,11 @@ pub trait ImageSource: Send + Sync {
     }
     /// Number of classes; 0 for unlabelled data.
     fn num_classes(&self) -> usize;
+    /// The name of each class, by label, where the source knows them (empty otherwise): for
+    /// pictures and legends.
+    fn class_names(&self) -> Vec<String> {
+        Vec::new()
+    }
     fn channels(&self) -> usize;
     /// A path or `dataset/split#index`, for messages and embedding files.
     fn item_name(&self, index: usize) -> String;
@@ -195,6 +200,43 @@ impl DatasetKind {
     }
 
     /// Opens `split` of the dataset in `root`.
+    /// The class names of the built-in datasets with ten classes, by label (the order of
+    /// their own label files); empty for the others.
+    pub fn class_names(self) -> Vec<String> {
+        let names: &[&str] = match self {
+            DatasetKind::Mnist => &["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
+            DatasetKind::FashionMnist => &[
+                "T-shirt/top",
+                "Trouser",
+                "Pullover",
+                "Dress",
+                "Coat",
+                "Sandal",
+                "Shirt",
+                "Sneaker",
+                "Bag",
+                "Ankle boot",
+            ],
+            DatasetKind::Cifar10 => &[
+                "airplane",
+                "automobile",
+                "bird",
+                "cat",
+                "deer",
+                "dog",
+                "frog",
+                "horse",
+                "ship",
+                "truck",
+            ],
+            DatasetKind::Stl10 => &[
+                "airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck",
+            ],
+            _ => &[],
+        };
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
     pub fn open(
         self,
         split: Split,
@@ -216,20 +258,27 @@ impl DatasetKind {
             _ => return unsupported(),
         };
         Ok(match self {
-            DatasetKind::Mnist | DatasetKind::FashionMnist => {
-                Arc::new(idx::load(&base, train, self.dir_name())?)
-            }
-            DatasetKind::Cifar10 => Arc::new(cifar::Cifar::Ten.load(&base, train)?),
+            DatasetKind::Mnist | DatasetKind::FashionMnist => Arc::new(
+                idx::load(&base, train, self.dir_name())?.with_class_names(self.class_names()),
+            ),
+            DatasetKind::Cifar10 => Arc::new(
+                cifar::Cifar::Ten
+                    .load(&base, train)?
+                    .with_class_names(self.class_names()),
+            ),
             DatasetKind::Cifar100 => Arc::new(cifar::Cifar::Hundred.load(&base, train)?),
-            DatasetKind::Stl10 => Arc::new(match split {
-                Split::Train => stl10::load_part(&base, "train")?,
-                Split::Test => stl10::load_part(&base, "test")?,
-                Split::Unlabeled => stl10::load_part(&base, "unlabeled")?,
-                Split::TrainUnlabeled => stl10::load_part(&base, "train")?.concat(
-                    stl10::load_part(&base, "unlabeled")?,
-                    "stl10/train+unlabeled",
-                ),
-            }),
+            DatasetKind::Stl10 => Arc::new(
+                match split {
+                    Split::Train => stl10::load_part(&base, "train")?,
+                    Split::Test => stl10::load_part(&base, "test")?,
+                    Split::Unlabeled => stl10::load_part(&base, "unlabeled")?,
+                    Split::TrainUnlabeled => stl10::load_part(&base, "train")?.concat(
+                        stl10::load_part(&base, "unlabeled")?,
+                        "stl10/train+unlabeled",
+                    ),
+                }
+                .with_class_names(self.class_names()),
+            ),
             DatasetKind::TinyImagenet => {
                 Arc::new(FolderImages::tiny_imagenet(&base, train, channels)?)
             }

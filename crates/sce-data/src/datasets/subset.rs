@@ -92,6 +92,9 @@ impl ImageSource for Subset {
     fn num_classes(&self) -> usize {
         self.inner.num_classes()
     }
+    fn class_names(&self) -> Vec<String> {
+        self.inner.class_names()
+    }
     fn channels(&self) -> usize {
         self.inner.channels()
     }

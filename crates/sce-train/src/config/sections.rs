@@ -21,6 +21,8 @@ pub struct TrainConfig {
     pub optim: OptimSection,
     #[serde(default)]
     pub eval: EvalSection,
+    #[serde(default)]
+    pub report: ReportSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -220,6 +222,27 @@ pub struct EvalSection {
     /// Adam learning rate of the online probe (the reference's 1e-4).
     #[serde(default = "probe_lr")]
     pub online_probe_lr: f64,
+}
+
+/// What a run writes for a user to look at, beside `metrics.csv` and `training.png`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSection {
+    /// TensorBoard event files in the run directory (scalars per step and epoch, pictures).
+    #[serde(default = "yes")]
+    pub tensorboard: bool,
+    /// A t-SNE map of the kNN test embeddings at each kNN evaluation (`embedding_map.png`).
+    #[serde(default = "yes")]
+    pub embedding_map: bool,
+}
+
+impl Default for ReportSection {
+    fn default() -> Self {
+        Self {
+            tensorboard: true,
+            embedding_map: true,
+        }
+    }
 }
 
 impl Default for EvalSection {

@@ -93,6 +93,16 @@ pub fn knn_classify(
     })
 }
 
+/// What one kNN evaluation found.
+pub struct KnnEvaluation {
+    pub knn: KnnResult,
+    /// The probe's top-1 on the test features, when one was given.
+    pub probe_top1: Option<f64>,
+    /// The test split's L2-normalised features and labels.
+    pub test_features: Tensor<2>,
+    pub test_labels: Vec<usize>,
+}
+
 /// Scores unnormalised test features against their labels (percent).
 pub type TestProbe<'a> = dyn Fn(Tensor<2>, &[usize]) -> anyhow::Result<f64> + 'a;
 
@@ -135,17 +145,18 @@ impl KnnEvaluator {
         &self,
         embed: &dyn Fn(Tensor<4>) -> Tensor<2>,
     ) -> anyhow::Result<KnnResult> {
-        Ok(self.evaluate_with_probe(embed, None)?.0)
+        Ok(self.evaluate_with_probe(embed, None)?.knn)
     }
 
     /// kNN accuracy of the features produced by `embed`, and the score `probe` gives the
     /// unnormalised test features with their labels (the online linear probe's validation
-    /// top-1), from one pass over the test split.
+    /// top-1), from one pass over the test split. The L2-normalised test features come back
+    /// too, for an embedding map.
     pub fn evaluate_with_probe(
         &self,
         embed: &dyn Fn(Tensor<4>) -> Tensor<2>,
         probe: Option<&TestProbe<'_>>,
-    ) -> anyhow::Result<(KnnResult, Option<f64>)> {
+    ) -> anyhow::Result<KnnEvaluation> {
         let features = |source| {
             extract_features(
                 source,
@@ -161,16 +172,22 @@ impl KnnEvaluator {
         let probed = probe
             .map(|probe| probe(test.features.clone(), &test_labels))
             .transpose()?;
+        let test_features = sce_model::l2_normalize(test.features);
         let knn = knn_classify(
             bank.features,
             &labels(&self.bank, bank.labels, bank.indices, "kNN bank")?,
-            sce_model::l2_normalize(test.features),
+            test_features.clone(),
             &test_labels,
             self.k,
             self.temperature,
             self.classes(),
         )?;
-        Ok((knn, probed))
+        Ok(KnnEvaluation {
+            knn,
+            probe_top1: probed,
+            test_features,
+            test_labels,
+        })
     }
 
     /// kNN of a trunk, which must be in evaluation mode on `self.device`.

@@ -10,8 +10,9 @@ use crate::config::TrainConfig;
 use crate::error::usage;
 
 /// Keys (or whole sections, ending in `.`) that may change between sessions of one run.
-const MAY_CHANGE: [&str; 6] = [
+const MAY_CHANGE: [&str; 7] = [
     "eval.",
+    "report.",
     "run.checkpoint_every",
     "data.threads",
     "data.prefetch",

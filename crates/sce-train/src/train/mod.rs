@@ -41,6 +41,8 @@ use crate::config::{ConfigSource, HeadSection, MethodName, TrainConfig, load_con
 use crate::error::usage;
 use crate::model::{Objective, SceModel, StepContext};
 use crate::optim::{WarmupCosine, build_optimizer, peak_learning_rate};
+use crate::report::preview::augmentation_grid;
+use crate::report::run_log::{AUGMENTATIONS_PNG, RunLog};
 
 /// What `pretrain` was asked to do.
 #[derive(Clone, Debug)]
@@ -449,7 +451,7 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
     let pipeline = ViewPipeline::new(config.views(), norm.clone())?;
     let loader = ViewLoader::new(
         train_source.clone(),
-        pipeline,
+        pipeline.clone(),
         sce_data::LoaderConfig {
             batch_size: config.run.batch_size,
             drop_last: true,
@@ -547,6 +549,22 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
         ));
     }
 
+    let mut report = RunLog::open(
+        run.path.clone(),
+        &config.report,
+        config.run.seed,
+        (state.global_step > 0).then_some(state.global_step),
+        console,
+    );
+    if state.global_step == 0 {
+        let names = crate::report::preview::view_names(&config);
+        let images = crate::report::preview::DEFAULT_IMAGES;
+        match augmentation_grid(&*train_source, &pipeline, &names, images, config.run.seed) {
+            Ok(grid) => report.picture(0, AUGMENTATIONS_PNG, "augmentations", &grid),
+            Err(e) => console.line(format!("warning: no augmentation preview: {e:#}")),
+        }
+    }
+
     let checkpoints = run.checkpoints();
     let existing = complete_steps(&checkpoints);
     let saves = SaveLog::default();
@@ -566,6 +584,7 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
         config: config.clone(),
         state: Mutex::new(state),
         outcome: Mutex::new(None),
+        report: Mutex::new(report),
     });
     let interrupter = Interrupter::new();
     signal::route_signals_to(&interrupter);

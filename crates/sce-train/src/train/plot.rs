@@ -1,6 +1,5 @@
 //! `training.png`: loss, learning rate and accuracy (kNN, online probe) per epoch (plotters, drawn into a
-//! buffer and encoded with `image`). Text needs a TrueType font: the first common system font
-//! found is used; without one the curves are drawn unlabelled.
+//! buffer and encoded with `image`); unlabelled where no font is found ([`crate::report::font`]).
 
 use std::path::Path;
 
@@ -8,31 +7,6 @@ use anyhow::Context;
 use plotters::prelude::*;
 
 use super::state::EpochRow;
-
-const FONT_PATHS: [&str; 6] = [
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-    "/System/Library/Fonts/Supplemental/Arial.ttf",
-    "/Library/Fonts/Arial.ttf",
-    "C:\\Windows\\Fonts\\arial.ttf",
-];
-
-fn register_font() -> bool {
-    static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FOUND.get_or_init(|| {
-        FONT_PATHS.iter().any(|path| {
-            std::fs::read(path).ok().is_some_and(|bytes| {
-                plotters::style::register_font(
-                    "sans-serif",
-                    FontStyle::Normal,
-                    Box::leak(bytes.into_boxed_slice()),
-                )
-                .is_ok()
-            })
-        })
-    })
-}
 
 /// One named curve of a panel.
 struct Curve<'a> {
@@ -118,7 +92,7 @@ pub fn plot_history(
 ) -> anyhow::Result<()> {
     let (width, height) = (1200u32, 360u32);
     let mut buffer = vec![0u8; (width * height * 3) as usize];
-    let labelled = register_font();
+    let labelled = crate::report::font::sans_serif();
     {
         let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
         root.fill(&WHITE)?;

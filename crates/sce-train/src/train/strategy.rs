@@ -34,8 +34,9 @@ use super::plot::plot_history;
 use super::probe::OnlineProbe;
 use super::run_dir::RunDir;
 use super::state::{EpochRow, TrainState};
-use crate::eval::KnnEvaluator;
+use crate::eval::{KnnEvaluation, KnnEvaluator};
 use crate::model::{ProbeInput, SceModel, SceOutput};
+use crate::report::run_log::RunLog;
 use indicatif::ProgressBar;
 
 /// How a training session ended (errors aside).
@@ -66,20 +67,23 @@ pub struct SceStrategy {
     pub config: crate::config::TrainConfig,
     pub state: Mutex<TrainState>,
     pub outcome: Mutex<Option<anyhow::Result<Ending>>>,
+    /// TensorBoard events and pictures of this session.
+    pub report: Mutex<RunLog>,
 }
 
 type Processor = SupervisedTrainingEventProcessor<SceModel>;
 
 impl SceStrategy {
-    /// kNN top-1 of the online trunk and, with `probe`, the online probe's top-1 on the same
-    /// test features.
+    /// kNN of the online trunk and, with `probe`, the online probe's top-1 on the same test
+    /// features; the test embeddings' map goes to the run directory and TensorBoard.
     fn knn(
         &self,
         learner: &Learner<SceModel>,
         probe: bool,
-    ) -> anyhow::Result<(Option<f64>, Option<f64>)> {
+        (step, epoch): (usize, usize),
+    ) -> anyhow::Result<Option<KnnEvaluation>> {
         let Some(evaluator) = &self.evaluator else {
-            return Ok((None, None));
+            return Ok(None);
         };
         let model = learner.model().valid();
         let trunk = &model.pair.online().trunk;
@@ -91,13 +95,21 @@ impl SceStrategy {
                 .unwrap()
                 .accuracy(features, labels)
         };
-        let (knn, probed) = evaluator
+        let evaluation = evaluator
             .evaluate_with_probe(
                 &|x| trunk.forward(x),
                 probe.is_some().then_some(&score as &crate::eval::TestProbe),
             )
             .with_context(|| format!("kNN evaluation of {}", self.run.path.display()))?;
-        Ok((Some(knn.top1), probed))
+        self.report.lock().unwrap().embedding_map(
+            step,
+            epoch,
+            &evaluation.test_features,
+            &evaluation.test_labels,
+            &evaluator.test.class_names(),
+            evaluation.knn.top1,
+        );
+        Ok(Some(evaluation))
     }
 
     /// Writes the online probe's records of checkpoint `step` (synchronously, atomically).
@@ -184,9 +196,15 @@ impl SceStrategy {
         let fresh = state.global_step == 0 && state.batch_in_epoch == 0;
         if fresh && state.knn_initial.is_none() && self.evaluator.is_some() {
             self.console.line("kNN of the untrained network…");
-            state.knn_initial = self.knn(learner, false)?.0;
-            if let Some(v) = state.knn_initial {
-                self.console.line(format!("epoch 0: kNN top-1 {v:.2}%"));
+            if let Some(evaluation) = self.knn(learner, false, (0, 0))? {
+                let knn = evaluation.knn;
+                state.knn_initial = Some(knn.top1);
+                self.console
+                    .line(format!("epoch 0: kNN top-1 {:.2}%", knn.top1));
+                self.report
+                    .lock()
+                    .unwrap()
+                    .scalars(0, &[("knn/top1", knn.top1), ("knn/top5", knn.top5)]);
             }
         }
         let steps_per_epoch = self.loader.batches_per_epoch();
@@ -225,11 +243,14 @@ impl SceStrategy {
             interrupter.fail_on_error(processor.process_train(LearnerEvent::EndSplit(epoch + 1)));
 
             let last = epoch + 1 == self.epochs;
-            let (knn, probe_top1) = if last || (epoch + 1).is_multiple_of(self.knn_every) {
-                self.knn(learner, true)?
+            let evaluation = if last || (epoch + 1).is_multiple_of(self.knn_every) {
+                self.knn(learner, true, (state.global_step, epoch + 1))?
             } else {
-                (None, None)
+                None
             };
+            let knn = evaluation.as_ref().map(|e| e.knn.top1);
+            let knn_top5 = evaluation.as_ref().map(|e| e.knn.top5);
+            let probe_top1 = evaluation.as_ref().and_then(|e| e.probe_top1);
             let batches = state.epoch_batches.max(1) as f64;
             let probe_train_top1 = (state.epoch_probe_seen > 0)
                 .then(|| 100.0 * state.epoch_probe_correct as f64 / state.epoch_probe_seen as f64);
@@ -261,6 +282,19 @@ impl SceStrategy {
                 percent("probe train", probe_train_top1),
                 percent("probe top-1", probe_top1),
             ));
+            self.report.lock().unwrap().scalars(
+                row.step,
+                &[
+                    ("epoch/loss", row.loss),
+                    ("epoch/positive_similarity", row.positive_similarity),
+                    ("epoch/lr", row.lr),
+                    ("epoch/images_per_s", row.images_per_s),
+                    ("knn/top1", knn.unwrap_or(f64::NAN)),
+                    ("knn/top5", knn_top5.unwrap_or(f64::NAN)),
+                    ("probe/train_top1", probe_train_top1.unwrap_or(f64::NAN)),
+                    ("probe/top1", probe_top1.unwrap_or(f64::NAN)),
+                ],
+            );
             state.history.push(row);
             state.epoch = epoch + 1;
             state.batch_in_epoch = 0;
@@ -352,6 +386,18 @@ fn scalar(t: &burn::tensor::Tensor<1>) -> f64 {
 }
 
 impl SceStrategy {
+    /// The step's figures for TensorBoard.
+    fn log_step(&self, step: usize, loss: f64, similarity: f64, learner: &Learner<SceModel>) {
+        self.report.lock().unwrap().scalars(
+            step,
+            &[
+                ("train/loss", loss),
+                ("train/positive_similarity", similarity),
+                ("train/lr", learner.lr_current().base()),
+            ],
+        );
+    }
+
     /// One epoch on one device: a step per batch.
     fn train_epoch(
         &self,
@@ -373,6 +419,7 @@ impl SceStrategy {
             let seconds = tick.elapsed().as_secs_f64();
             tick = Instant::now();
             run.record(loss, similarity, self.batch_size, seconds);
+            self.log_step(run.state.global_step, loss, similarity, learner);
             run.process(output.item, progress, learner.lr_current());
             if run.interrupter.should_stop() {
                 break;
@@ -425,6 +472,7 @@ impl SceStrategy {
             let seconds = tick.elapsed().as_secs_f64();
             tick = Instant::now();
             run.record(loss, similarity, self.batch_size * n, seconds);
+            self.log_step(run.state.global_step, loss, similarity, learner);
             for item in items {
                 run.process(item, progress.clone(), learner.lr_current());
             }
