@@ -390,7 +390,7 @@ impl EmbedCmd {
         let FeatureSet {
             features,
             labels,
-            indices,
+            indices: image_indices,
         } = extract_features(&source, &transform, self.batch_size, &device, &skip, &|x| {
             trunk.forward(x)
         })?
@@ -402,8 +402,7 @@ impl EmbedCmd {
             .convert::<f32>()
             .try_to_vec()
             .unwrap();
-        let names: Vec<String> = indices.iter().map(|&i| source.item_name(i)).collect();
-        let indices_of_images = indices;
+        let names: Vec<String> = image_indices.iter().map(|&i| source.item_name(i)).collect();
         let label_values: Vec<i64> = labels.iter().map(|l| l.map_or(-1, |v| v as i64)).collect();
         write_embeddings(&self.output, &flat, [n, dim], &label_values, &names)?;
         console.line(format!(
@@ -445,7 +444,7 @@ impl EmbedCmd {
                 eprintln!("{:>3}. {:.4}  {}", rank + 1, s, names[i]);
                 neighbours.push(Neighbour {
                     rank: rank + 1,
-                    index: indices_of_images[i],
+                    index: image_indices[i],
                     name: names[i].clone(),
                     label: labels[i],
                     similarity: s,

@@ -282,19 +282,20 @@ impl SceStrategy {
                 percent("probe train", probe_train_top1),
                 percent("probe top-1", probe_top1),
             ));
-            self.report.lock().unwrap().scalars(
-                row.step,
-                &[
-                    ("epoch/loss", row.loss),
-                    ("epoch/positive_similarity", row.positive_similarity),
-                    ("epoch/lr", row.lr),
-                    ("epoch/images_per_s", row.images_per_s),
-                    ("knn/top1", knn.unwrap_or(f64::NAN)),
-                    ("knn/top5", knn_top5.unwrap_or(f64::NAN)),
-                    ("probe/train_top1", probe_train_top1.unwrap_or(f64::NAN)),
-                    ("probe/top1", probe_top1.unwrap_or(f64::NAN)),
-                ],
-            );
+            let mut scalars = vec![
+                ("epoch/loss", row.loss),
+                ("epoch/positive_similarity", row.positive_similarity),
+                ("epoch/lr", row.lr),
+                ("epoch/images_per_s", row.images_per_s),
+            ];
+            let measured = [
+                ("knn/top1", knn),
+                ("knn/top5", knn_top5),
+                ("probe/train_top1", probe_train_top1),
+                ("probe/top1", probe_top1),
+            ];
+            scalars.extend(measured.into_iter().filter_map(|(tag, v)| Some((tag, v?))));
+            self.report.lock().unwrap().scalars(row.step, &scalars);
             state.history.push(row);
             state.epoch = epoch + 1;
             state.batch_in_epoch = 0;
