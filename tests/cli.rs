@@ -226,6 +226,7 @@ fn check_reports_every_case_on_the_cpu() {
 fn unknown_switch_values_are_named() {
     for (name, value, accepted) in [
         ("SCE_CONV", "gemmm", "gemm, burn"),
+        ("SCE_NORM", "fussed", "fused, burn"),
         ("SCE_REDUCTIONS", "shrt", "short, fused"),
     ] {
         let out = sce_train()

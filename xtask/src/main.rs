@@ -240,13 +240,19 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
     for run in runs {
         step(&run[..3].join(" "), bin, &run, &[])?;
     }
-    // The same R18 step on Burn's own convolutions: the before/after of docs/benchmarks.md,
-    // in the same sitting.
+    // The same R18 step on Burn's own batch norms, then on Burn's own convolutions too: the
+    // before/after of docs/benchmarks.md, in the same sitting.
     step(
-        "bench step with SCE_CONV=burn",
+        "bench step with SCE_NORM=burn",
         bin,
         &R18_STEP,
-        &[("SCE_CONV", "burn")],
+        &[("SCE_NORM", "burn")],
+    )?;
+    step(
+        "bench step with SCE_CONV=burn SCE_NORM=burn",
+        bin,
+        &R18_STEP,
+        &[("SCE_CONV", "burn"), ("SCE_NORM", "burn")],
     )?;
     match std::env::var("TORCH_PYTHON") {
         Ok(python) => {

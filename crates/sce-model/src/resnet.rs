@@ -4,12 +4,11 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use crate::conv::conv2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
-use burn::tensor::activation::relu;
 use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::{ModelError, split_batch_norm};
+use crate::{AfterNorm, ModelError, split_batch_norm, split_batch_norm_then};
 
 /// Which torchvision ResNet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,7 +173,8 @@ impl ResNet {
     /// As [`forward`](Self::forward), with every batch norm split into `splits` groups
     /// ([`split_batch_norm`]); an error if the batch does not divide.
     pub fn forward_split(&self, x: Tensor<4>, splits: usize) -> Result<Tensor<2>, ModelError> {
-        let x = relu(split_batch_norm(&self.bn1, conv2d(&self.conv1, x), splits)?);
+        let x =
+            split_batch_norm_then(&self.bn1, conv2d(&self.conv1, x), AfterNorm::relu(), splits)?;
         let mut x = match &self.maxpool {
             Some(pool) => pool.forward(x),
             None => x,
@@ -255,12 +255,18 @@ impl Block {
             Some(ds) => split_batch_norm(&ds.bn, conv2d(&ds.conv, x.clone()), splits)?,
             None => x.clone(),
         };
-        let out = relu(split_batch_norm(&self.bn1, conv2d(&self.conv1, x), splits)?);
-        let mut out = split_batch_norm(&self.bn2, conv2d(&self.conv2, out), splits)?;
-        if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
-            out = split_batch_norm(bn3, conv2d(conv3, relu(out)), splits)?;
+        let out =
+            split_batch_norm_then(&self.bn1, conv2d(&self.conv1, x), AfterNorm::relu(), splits)?;
+        let out = conv2d(&self.conv2, out);
+        // The last batch norm of the block takes the shortcut and the ReLU with it.
+        let end = AfterNorm::residual_relu(identity);
+        match (&self.conv3, &self.bn3) {
+            (Some(conv3), Some(bn3)) => {
+                let out = split_batch_norm_then(&self.bn2, out, AfterNorm::relu(), splits)?;
+                split_batch_norm_then(bn3, conv2d(conv3, out), end, splits)
+            }
+            _ => split_batch_norm_then(&self.bn2, out, end, splits),
         }
-        Ok(relu(out + identity))
     }
 }
 

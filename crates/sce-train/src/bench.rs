@@ -269,6 +269,9 @@ struct StepReport {
     seconds_per_step: f64,
     /// `gemm` (sce-model's kernels) or `burn` (`SCE_CONV=burn`): which convolutions ran on flex.
     conv_kernels: &'static str,
+    /// `fused` (sce-model's kernels) or `burn` (`SCE_NORM=burn`): which training batch norms
+    /// ran on flex.
+    norm_kernels: &'static str,
     /// Seconds per step inside the GEMM convolution kernels: forward, input gradient, weight
     /// gradient (zero where they did not run: another device, or `SCE_CONV=burn`).
     conv_seconds_per_step: [f64; 3],
@@ -385,6 +388,10 @@ impl StepBench {
             conv_kernels: match sce_model::conv::conv_kernels() {
                 sce_model::conv::ConvKernels::Gemm => "gemm",
                 sce_model::conv::ConvKernels::Burn => "burn",
+            },
+            norm_kernels: match sce_model::norm_kernels() {
+                sce_model::NormKernels::Fused => "fused",
+                sce_model::NormKernels::Burn => "burn",
             },
             conv_seconds_per_step,
             peak_rss_mib: peak_rss_mib(),

@@ -10,13 +10,13 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::flex::{FlexTensor, Layout};
+use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, DType, Flex, backend_extension};
-use burn::tensor::{Bytes, Shape};
+use burn::backend::{Autodiff, Backend, Flex, backend_extension};
 
 use super::geometry::ConvGeometry;
 use super::kernels;
+use crate::flex_values::{Values, tensor};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait GemmConv: Backend {
@@ -42,7 +42,7 @@ impl GemmConv for Flex {
             Values::of(&x).as_slice(),
             Values::of(&weight).as_slice(),
         );
-        tensor(y, [g.batch, g.c_out, g.out_h, g.out_w])
+        tensor(y, &[g.batch, g.c_out, g.out_h, g.out_w])
     }
 }
 
@@ -96,12 +96,12 @@ impl Backward<Flex, 2> for GemmConv2dBackward {
         let weight = checkpointer.retrieve_node_output::<FlexTensor>(weight_state);
         if let Some(node) = node_x {
             let dx = kernels::input_grad(&g, Values::of(&weight).as_slice(), dy.as_slice());
-            grads.register::<Flex>(node.id, tensor(dx, [g.batch, g.c_in, g.h, g.w]));
+            grads.register::<Flex>(node.id, tensor(dx, &[g.batch, g.c_in, g.h, g.w]));
         }
         if let Some(node) = node_weight {
             let dw = kernels::weight_grad(&g, Values::of(&x).as_slice(), dy.as_slice());
             let [kh, kw] = g.kernel;
-            grads.register::<Flex>(node.id, tensor(dw, [g.c_out, g.c_in, kh, kw]));
+            grads.register::<Flex>(node.id, tensor(dw, &[g.c_out, g.c_in, kh, kw]));
         }
     }
 }
@@ -121,35 +121,4 @@ fn geometry(
     };
     ConvGeometry::new(dims(x), dims(weight), stride, padding)
         .expect("gemm_conv2d: the caller checked the shapes (conv::conv2d)")
-}
-
-/// A flex tensor's f32 values, contiguous and in row-major order (copied only when strided).
-struct Values(FlexTensor);
-
-impl Values {
-    fn of(t: &FlexTensor) -> Self {
-        assert_eq!(
-            t.dtype(),
-            DType::F32,
-            "gemm_conv2d runs on f32 only (conv::conv2d checks)"
-        );
-        Self(t.to_contiguous())
-    }
-
-    fn as_slice(&self) -> &[f32] {
-        let (start, end) = self
-            .0
-            .layout()
-            .contiguous_offsets()
-            .expect("a contiguous tensor");
-        &self.0.storage::<f32>()[start..end]
-    }
-}
-
-fn tensor(values: Vec<f32>, dims: [usize; 4]) -> FlexTensor {
-    FlexTensor::new(
-        Bytes::from_elems(values),
-        Layout::contiguous(Shape::from(dims.to_vec())),
-        DType::F32,
-    )
 }

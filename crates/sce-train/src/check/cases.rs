@@ -9,7 +9,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use sce_loss::golden::{BUNDLED, GoldenFile};
 use sce_loss::{QueueObjective, SceLoss, sum_rows};
 use sce_model::params::{ema_update, named_tensors};
-use sce_model::{Depth, ResNetConfig, Stem, batch_norm_with_statistics, statistics_reduction};
+use sce_model::{
+    AfterNorm, Depth, ResNetConfig, Stem, batch_norm_with_statistics, statistics_reduction,
+};
 use serde::Serialize;
 
 /// One check's verdict: the largest error seen against the reference, and the tolerance.
@@ -57,6 +59,7 @@ pub const CASES: &[Case] = &[
     (CONV_STRIDED, conv_strided),
     (BN_FORWARD, batch_norm_forward),
     (BN_BACKWARD, batch_norm_backward),
+    (BN_RESIDUAL_RELU, batch_norm_residual_relu),
     (SCE_LOSS, sce_loss_value),
     (SCE_GRAD, sce_loss_gradient),
     (LARGE_QUEUE, large_queue),
@@ -75,6 +78,8 @@ const CONV_STRIDED: &str = "conv2d 3×3 and 1×1 stride 2 (downsampling), forwar
 const CONV_LARGE: &str = "conv2d 3×3 forward and gradients over a large batch (128 × 4 × 28 × 28)";
 const BN_FORWARD: &str = "batch norm training statistics and output (128 × 4 × 28 × 28)";
 const BN_BACKWARD: &str = "batch norm input, scale and shift gradients (128 × 4 × 28 × 28)";
+const BN_RESIDUAL_RELU: &str =
+    "batch norm + shortcut + ReLU (a block's end), output and all gradients (128 × 4 × 28 × 28)";
 const SCE_LOSS: &str = "SCE loss against the float64 golden vectors";
 const SCE_GRAD: &str = "SCE dL/dq against the float64 golden vectors";
 const LARGE_QUEUE: &str = "SCE loss and dL/dq against a 65,536-key queue (ImageNet recipes)";
@@ -375,8 +380,14 @@ fn batch_norm_forward(device: &Device) -> CheckOutcome {
         })
         .collect();
     let (x, gamma, beta) = case.tensors(device);
-    let (output, batch_mean, batch_var) =
-        batch_norm_with_statistics(x, gamma, beta, BN_EPSILON, statistics_reduction());
+    let (output, batch_mean, batch_var) = batch_norm_with_statistics(
+        x,
+        gamma,
+        beta,
+        BN_EPSILON,
+        statistics_reduction(),
+        AfterNorm::none(),
+    );
     let error = relative_error(&download(batch_mean), &mean)
         .max(relative_error(&download(batch_var), &var))
         .max(relative_error(&download(output), &expected));
@@ -422,6 +433,7 @@ fn batch_norm_backward(device: &Device) -> CheckOutcome {
         beta.clone(),
         BN_EPSILON,
         statistics_reduction(),
+        AfterNorm::none(),
     )
     .0;
     let grads = (out * upload(&case.g, case.shape, &ad)).sum().backward();
@@ -431,6 +443,70 @@ fn batch_norm_backward(device: &Device) -> CheckOutcome {
         .max(relative_error(&got_1d(&gamma), &d_gamma))
         .max(relative_error(&got_1d(&beta), &d_beta));
     CheckOutcome::new(BN_BACKWARD, error, TIGHT)
+}
+
+/// `y = relu(γ·x̂ + β + r)`, as a residual block ends (one fused operation on `flex`), and its
+/// gradients for the loss `Σ y·g`: with `dz = g` where `y > 0`, `dL/dx = γ/σ · (dz − mean(dz)
+/// − x̂ · mean(dz · x̂))`, `dL/dγ = Σ dz·x̂`, `dL/dβ = Σ dz`, `dL/dr = dz`.
+fn batch_norm_residual_relu(device: &Device) -> CheckOutcome {
+    let case = BatchNormCase::new();
+    let residual = host_values(case.x.len(), 9);
+    let (mean, var) = case.statistics();
+    let xhat = case.normalized(&mean, &var);
+    let c = case.shape[1];
+    let count = (case.x.len() / c) as f64;
+    let output: Vec<f64> = xhat
+        .iter()
+        .enumerate()
+        .map(|(i, xh)| {
+            let ch = case.channel(i);
+            (xh * case.gamma[ch] as f64 + case.beta[ch] as f64 + residual[i] as f64).max(0.0)
+        })
+        .collect();
+    let dz: Vec<f64> = case
+        .g
+        .iter()
+        .zip(&output)
+        .map(|(&g, &y)| if y > 0.0 { g as f64 } else { 0.0 })
+        .collect();
+    let (mut d_gamma, mut d_beta) = (vec![0.0; c], vec![0.0; c]);
+    for (i, dz) in dz.iter().enumerate() {
+        let ch = case.channel(i);
+        d_gamma[ch] += dz * xhat[i];
+        d_beta[ch] += dz;
+    }
+    let expected_dx: Vec<f64> = dz
+        .iter()
+        .enumerate()
+        .map(|(i, dz)| {
+            let ch = case.channel(i);
+            let scale = case.gamma[ch] as f64 / (var[ch] + BN_EPSILON).sqrt();
+            scale * (dz - d_beta[ch] / count - xhat[i] * d_gamma[ch] / count)
+        })
+        .collect();
+    let ad = device.clone().autodiff();
+    let (x, gamma, beta) = case.tensors(&ad);
+    let (x, gamma, beta) = (x.require_grad(), gamma.require_grad(), beta.require_grad());
+    let r = upload(&residual, case.shape, &ad).require_grad();
+    let (out, _, _) = batch_norm_with_statistics(
+        x.clone(),
+        gamma.clone(),
+        beta.clone(),
+        BN_EPSILON,
+        statistics_reduction(),
+        AfterNorm::residual_relu(r.clone()),
+    );
+    let grads = (out.clone() * upload(&case.g, case.shape, &ad))
+        .sum()
+        .backward();
+    let got = |t: &Tensor<4>| t.grad(&grads).map(download).unwrap_or_default();
+    let got_1d = |t: &Tensor<1>| t.grad(&grads).map(download).unwrap_or_default();
+    let error = relative_error(&download(out.without_autodiff()), &output)
+        .max(relative_error(&got(&x), &expected_dx))
+        .max(relative_error(&got_1d(&gamma), &d_gamma))
+        .max(relative_error(&got_1d(&beta), &d_beta))
+        .max(relative_error(&got(&r), &dz));
+    CheckOutcome::new(BN_RESIDUAL_RELU, error, TIGHT)
 }
 
 fn matrix(rows: &[Vec<f64>], device: &Device) -> Tensor<2> {

@@ -15,7 +15,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use clap::Args;
 use sce_loss::{LongRows, set_long_rows};
 use sce_model::conv::{ConvKernels, set_conv_kernels};
-use sce_model::{StatisticsReduction, set_statistics_reduction};
+use sce_model::{NormKernels, StatisticsReduction, set_norm_kernels, set_statistics_reduction};
 use serde::Serialize;
 
 pub use cases::{CASES, CheckOutcome};
@@ -50,9 +50,10 @@ pub struct Adaptation {
 /// Chooses, for the whole process, how training reduces long rows on `device`: in one pass,
 /// Burn's way, where that comes out right, in short passes where it does not (the device is
 /// told apart by what it computes, not by its name). `SCE_REDUCTIONS=short` or `=fused`
-/// overrides the choice, and `SCE_CONV=burn` runs Burn's own convolutions on `flex` in place of
-/// the GEMM kernels (`=gemm`, the default), to measure either path. Any other value of either
-/// variable is an error.
+/// overrides the choice, `SCE_CONV=burn` runs Burn's own convolutions on `flex` in place of
+/// the GEMM kernels (`=gemm`, the default), and `SCE_NORM=burn` Burn's batch norm, ReLU and
+/// residual add in place of the fused kernels (`=fused`, the default), to measure either path.
+/// Any other value of these variables is an error.
 pub fn adapt_to_device(device: &burn::tensor::Device) -> anyhow::Result<Adaptation> {
     let (short, probes) = match env_choice("SCE_REDUCTIONS", &["short", "fused"])? {
         Some("short") => (true, Vec::new()),
@@ -70,6 +71,10 @@ pub fn adapt_to_device(device: &burn::tensor::Device) -> anyhow::Result<Adaptati
     set_conv_kernels(match env_choice("SCE_CONV", &["gemm", "burn"])? {
         Some("burn") => ConvKernels::Burn,
         _ => ConvKernels::Gemm,
+    });
+    set_norm_kernels(match env_choice("SCE_NORM", &["fused", "burn"])? {
+        Some("burn") => NormKernels::Burn,
+        _ => NormKernels::Fused,
     });
     set_statistics_reduction(if short {
         StatisticsReduction::Short
