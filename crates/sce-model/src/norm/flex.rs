@@ -35,6 +35,88 @@ pub trait FusedBatchNorm: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
+/// The same with given statistics (evaluation: the running ones), without gradients: only on
+/// devices without autodiff.
+#[backend_extension(Flex)]
+pub trait FusedBatchNormInference: Backend {
+    /// `batch_norm(x)` with `mean` and `variance`, then a ReLU when `relu`.
+    fn fused_batch_norm_inference(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+    ) -> FloatTensor<Self>;
+
+    /// `relu(batch_norm(x) + residual)` with `mean` and `variance`.
+    fn fused_batch_norm_inference_add_relu(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+}
+
+impl FusedBatchNormInference for Flex {
+    fn fused_batch_norm_inference(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        mean: FlexTensor,
+        variance: FlexTensor,
+        epsilon: f64,
+        relu: bool,
+    ) -> FlexTensor {
+        inference([x, gamma, beta, mean, variance], None, epsilon, relu)
+    }
+
+    fn fused_batch_norm_inference_add_relu(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        mean: FlexTensor,
+        variance: FlexTensor,
+        residual: FlexTensor,
+        epsilon: f64,
+    ) -> FlexTensor {
+        inference(
+            [x, gamma, beta, mean, variance],
+            Some(residual),
+            epsilon,
+            true,
+        )
+    }
+}
+
+/// `inputs` are x, γ, β, mean and variance.
+fn inference(
+    inputs: [FlexTensor; 5],
+    residual: Option<FlexTensor>,
+    epsilon: f64,
+    relu: bool,
+) -> FlexTensor {
+    let dims = dims(&inputs[0]);
+    let [x, gamma, beta, mean, variance] = inputs.each_ref().map(Values::of);
+    let residual = residual.as_ref().map(Values::of);
+    let output = kernels::inference(
+        shape_of(&dims),
+        x.as_slice(),
+        gamma.as_slice(),
+        beta.as_slice(),
+        mean.as_slice(),
+        variance.as_slice(),
+        residual.as_ref().map(Values::as_slice),
+        epsilon,
+        relu,
+    );
+    tensor(output, &dims)
+}
+
 type Triple<T> = (T, T, T);
 
 impl FusedBatchNorm for Flex {

@@ -70,12 +70,69 @@ pub fn forward(
             (mean, squares.sum::<f64>() / shape.count())
         })
         .unzip();
+    let statistics = Statistics {
+        mean: &mean,
+        variance: &variance,
+    };
+    let output = normalise(shape, x, gamma, beta, &statistics, residual, epsilon, relu);
+    NormForward {
+        output,
+        mean: mean.iter().map(|&m| m as f32).collect(),
+        variance: variance.iter().map(|&v| v as f32).collect(),
+    }
+}
+
+/// `relu(γ · (x − mean) / sqrt(var + ε) + β + residual)` with given statistics (the running
+/// ones, in evaluation): one read and one write.
+#[allow(clippy::too_many_arguments)]
+pub fn inference(
+    shape: NormShape,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    variance: &[f32],
+    residual: Option<&[f32]>,
+    epsilon: f64,
+    relu: bool,
+) -> Vec<f32> {
+    check_lengths(shape, &[x], &[gamma, beta, mean, variance]);
+    if let Some(r) = residual {
+        check_lengths(shape, &[r], &[]);
+    }
+    let widen = |v: &[f32]| v.iter().map(|&v| v as f64).collect::<Vec<_>>();
+    let (mean, variance) = (widen(mean), widen(variance));
+    let statistics = Statistics {
+        mean: &mean,
+        variance: &variance,
+    };
+    normalise(shape, x, gamma, beta, &statistics, residual, epsilon, relu)
+}
+
+/// Per-channel mean and variance.
+struct Statistics<'a> {
+    mean: &'a [f64],
+    variance: &'a [f64],
+}
+
+/// The output pass, shared by training and inference.
+#[allow(clippy::too_many_arguments)]
+fn normalise(
+    shape: NormShape,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    statistics: &Statistics,
+    residual: Option<&[f32]>,
+    epsilon: f64,
+    relu: bool,
+) -> Vec<f32> {
     // y = (x − mean)·scale + shift, with the per-channel constants in f32 so that the inner
     // loop is one subtract and one fused multiply-add.
     let constants: Vec<(f32, f32, f32)> = (0..shape.channels)
         .map(|ch| {
-            let scale = gamma[ch] as f64 / (variance[ch] + epsilon).sqrt();
-            (mean[ch] as f32, scale as f32, beta[ch])
+            let scale = gamma[ch] as f64 / (statistics.variance[ch] + epsilon).sqrt();
+            (statistics.mean[ch] as f32, scale as f32, beta[ch])
         })
         .collect();
     let mut output = vec![0.0f32; shape.len()];
@@ -106,11 +163,7 @@ pub fn forward(
                 }
             }
         });
-    NormForward {
-        output,
-        mean: mean.iter().map(|&m| m as f32).collect(),
-        variance: variance.iter().map(|&v| v as f32).collect(),
-    }
+    output
 }
 
 /// The backward pass's gradients; `residual` only when asked for.

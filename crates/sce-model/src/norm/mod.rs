@@ -233,6 +233,54 @@ fn fused_batch_norm(
     )
 }
 
+/// `after` applied to `bn(x)` with the running statistics (evaluation on a device without
+/// autodiff, as `BatchNorm::forward` there), by the fused kernels.
+#[cfg(feature = "flex")]
+fn fused_batch_norm_inference(bn: &BatchNorm, x: Tensor<4>, after: AfterNorm) -> Tensor<4> {
+    use burn::backend::Dispatch;
+    use flex::FusedBatchNormInference;
+    let device = x.device();
+    let statistics = |t: Tensor<1>| t.to_device(&device).into_dispatch();
+    let inputs = (
+        x.into_dispatch(),
+        bn.gamma.val().into_dispatch(),
+        bn.beta.val().into_dispatch(),
+        statistics(bn.running_mean.value()),
+        statistics(bn.running_var.value()),
+    );
+    let (x, gamma, beta, mean, variance) = inputs;
+    let epsilon = bn.epsilon;
+    Tensor::from_dispatch(match after {
+        AfterNorm {
+            residual: Some(residual),
+            relu: true,
+        } => <Dispatch as FusedBatchNormInference>::fused_batch_norm_inference_add_relu(
+            x,
+            gamma,
+            beta,
+            mean,
+            variance,
+            residual.into_dispatch(),
+            epsilon,
+        ),
+        AfterNorm {
+            residual: None,
+            relu,
+        } => <Dispatch as FusedBatchNormInference>::fused_batch_norm_inference(
+            x, gamma, beta, mean, variance, epsilon, relu,
+        ),
+        AfterNorm {
+            residual: Some(residual),
+            relu: false,
+        } => {
+            let output = <Dispatch as FusedBatchNormInference>::fused_batch_norm_inference(
+                x, gamma, beta, mean, variance, epsilon, false,
+            );
+            return Tensor::<4>::from_dispatch(output) + residual;
+        }
+    })
+}
+
 /// Batch norm that normalises `splits` equal groups of the batch separately, as `splits`
 /// devices would (MoCo's SplitBatchNorm, spec §2.5). Without it the target's batch statistics
 /// would equal the online branch's on one device, a shortcut the contrastive task can exploit.
@@ -261,7 +309,14 @@ pub fn split_batch_norm_then(
     let reduction = statistics_reduction();
     let splits = splits.max(1);
     let fused = reduction == StatisticsReduction::Fused && fused_kernels_apply(&x);
-    if !training || (splits == 1 && reduction == StatisticsReduction::Fused && !fused) {
+    if !training {
+        #[cfg(feature = "flex")]
+        if fused && !x.device().is_autodiff() {
+            return Ok(fused_batch_norm_inference(bn, x, after));
+        }
+        return Ok(after.apply(bn.forward(x)));
+    }
+    if splits == 1 && reduction == StatisticsReduction::Fused && !fused {
         return Ok(after.apply(bn.forward(x)));
     }
     let [n, c, h, w] = x.dims();
@@ -450,6 +505,33 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// In evaluation on a device without autodiff, the fused kernels give what Burn's
+    /// `BatchNorm::forward` (running statistics) followed by the add and the ReLU gives.
+    #[cfg(feature = "flex")]
+    #[test]
+    fn fused_inference_matches_burns_batch_norm() {
+        let device = burn::tensor::Device::flex();
+        let c = 5;
+        let mut bn = BatchNormConfig::new(c).init(&device);
+        let stats = |m| Tensor::<1>::random([c], Distribution::Normal(m, 0.3), &device);
+        bn.gamma = bn.gamma.map(|_| stats(1.0));
+        bn.beta = bn.beta.map(|_| stats(0.0));
+        bn.running_mean.update(stats(0.5));
+        bn.running_var.update(stats(1.0).abs());
+        let x = Tensor::<4>::random([3, c, 4, 7], Distribution::Normal(0.5, 1.0), &device);
+        let r = Tensor::<4>::random([3, c, 4, 7], Distribution::Normal(0.0, 1.0), &device);
+        assert!(fused_kernels_apply(&x), "the fused kernels must take this case");
+        for after in [
+            AfterNorm::none(),
+            AfterNorm::relu(),
+            AfterNorm::residual_relu(r.clone()),
+        ] {
+            let fused = split_batch_norm_then(&bn, x.clone(), after.clone(), 1).unwrap();
+            let burn = after.apply(bn.forward(x.clone()));
+            assert_tensors_close(fused, burn, 1e-5);
         }
     }
 
