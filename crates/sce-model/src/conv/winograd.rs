@@ -9,10 +9,29 @@
 //! ResNet's arithmetic; the input gradient of one is another (see [`input_grad`]), and the
 //! weight gradient is the forward map's adjoint in the same transformed space ([`weight_grad`]).
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 use super::geometry::ConvGeometry;
 use super::kernels::{Matrix, Operand, Scratch, gemm_serial, with_scratch};
+
+thread_local! {
+    /// The per-plane transforms' row buffers, kept per thread. A training step transforms over
+    /// a million planes; allocating their few short rows at each one cost about as much as
+    /// transforming the smallest planes (4×4 and 8×8).
+    static PLANE_ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's row buffer, `len` long; `f` must write before it reads.
+fn with_plane_rows<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    PLANE_ROWS.with_borrow_mut(|buffer| {
+        if buffer.len() < len {
+            buffer.resize(len, 0.0);
+        }
+        f(&mut buffer[..len])
+    })
+}
 
 /// Whether `g` is a convolution these kernels compute.
 pub fn applies(g: &ConvGeometry) -> bool {
@@ -221,9 +240,25 @@ fn transform_output_grad_tiles(
 ) {
     let tw = w.div_ceil(2);
     let padded = 2 * tw;
-    let mut e = vec![0.0f32; 2 * padded];
+    with_plane_rows(2 * padded, |e| {
+        output_grad_tile_rows(src, h, w, rows, stride, offset, e)
+    });
+}
+
+/// [`transform_output_grad_tiles`] with its buffer for 2 padded rows.
+fn output_grad_tile_rows(
+    src: &[f32],
+    h: usize,
+    w: usize,
+    rows: &mut [f32],
+    stride: usize,
+    offset: usize,
+    e: &mut [f32],
+) {
+    let tw = w.div_ceil(2);
+    let padded = 2 * tw;
     for ty in 0..h.div_ceil(2) {
-        load_padded_rows(src, h, w, 2 * ty, 0, padded, &mut e);
+        load_padded_rows(src, h, w, 2 * ty, 0, padded, e);
         let (e0, e1) = e.split_at(padded);
         let first = offset + ty * tw;
         // t = A e: rows e0, e0 + e1, e0 − e1, −e1; then · Aᵀ per tile: a, a + b, a − b, −b.
@@ -291,11 +326,29 @@ fn transform_input_tiles(
     let tw = w.div_ceil(2);
     // Padded columns: index i holds input column i − 1.
     let padded = 2 * tw + 2;
-    let mut d = vec![0.0f32; 4 * padded];
-    let mut t = vec![0.0f32; 4 * padded];
-    let (mut even, mut odd) = (vec![0.0f32; tw + 1], vec![0.0f32; tw + 1]);
+    with_plane_rows(8 * padded + 2 * (tw + 1), |buffer| {
+        let (d, rest) = buffer.split_at_mut(4 * padded);
+        let (t, rest) = rest.split_at_mut(4 * padded);
+        let (even, odd) = rest.split_at_mut(tw + 1);
+        input_tile_rows(src, h, w, rows, stride, offset, [d, t, even, odd]);
+    });
+}
+
+/// [`transform_input_tiles`] with its row buffers: 4 padded input rows, their 4 combinations,
+/// and the even and odd columns of one.
+fn input_tile_rows(
+    src: &[f32],
+    h: usize,
+    w: usize,
+    rows: &mut [f32],
+    stride: usize,
+    offset: usize,
+    [d, t, even, odd]: [&mut [f32]; 4],
+) {
+    let tw = w.div_ceil(2);
+    let padded = 2 * tw + 2;
     for ty in 0..h.div_ceil(2) {
-        load_padded_rows(src, h, w, 2 * ty, 1, padded, &mut d);
+        load_padded_rows(src, h, w, 2 * ty, 1, padded, d);
         let (d0, rest) = d.split_at(padded);
         let (d1, rest) = rest.split_at(padded);
         let (d2, d3) = rest.split_at(padded);
@@ -351,7 +404,22 @@ fn transform_output_tiles(
 ) {
     let tw = w.div_ceil(2);
     // t[r][c][tx] = (Aᵀ M)[r][c] of tile tx.
-    let mut t = vec![0.0f32; 8 * tw];
+    with_plane_rows(8 * tw, |t| {
+        output_tile_rows(rows, stride, offset, dst, h, w, t)
+    });
+}
+
+/// [`transform_output_tiles`] with its buffer for 8 rows of tiles.
+fn output_tile_rows(
+    rows: &[f32],
+    stride: usize,
+    offset: usize,
+    dst: &mut [f32],
+    h: usize,
+    w: usize,
+    t: &mut [f32],
+) {
+    let tw = w.div_ceil(2);
     for ty in 0..h.div_ceil(2) {
         let first = offset + ty * tw;
         let m = |r: usize, c: usize| &rows[(r * 4 + c) * stride + first..][..tw];

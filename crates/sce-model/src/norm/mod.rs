@@ -523,7 +523,10 @@ mod tests {
         bn.running_var.update(stats(1.0).abs());
         let x = Tensor::<4>::random([3, c, 4, 7], Distribution::Normal(0.5, 1.0), &device);
         let r = Tensor::<4>::random([3, c, 4, 7], Distribution::Normal(0.0, 1.0), &device);
-        assert!(fused_kernels_apply(&x), "the fused kernels must take this case");
+        assert!(
+            fused_kernels_apply(&x),
+            "the fused kernels must take this case"
+        );
         for after in [
             AfterNorm::none(),
             AfterNorm::relu(),
