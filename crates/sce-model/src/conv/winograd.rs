@@ -10,6 +10,7 @@
 //! weight gradient is the forward map's adjoint in the same transformed space ([`weight_grad`]).
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
@@ -46,7 +47,7 @@ pub fn forward(g: &ConvGeometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
     debug_assert!(applies(g));
     let (tiles_per_image, images) = tiling(g);
     let u = transform_weights(weight, g.c_out, g.c_in);
-    let mut y = vec![0.0f32; g.output_len()];
+    let mut y: Vec<f32> = Vec::with_capacity(g.output_len());
     let plane_out = g.positions();
     with_scratch(
         |Scratch {
@@ -72,7 +73,10 @@ pub fn forward(g: &ConvGeometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
                             false,
                         );
                     });
-                let out = &mut y[start * g.c_out * plane_out..end * g.c_out * plane_out];
+                // Every output element is written once by the output transform (no zeroing
+                // pass over the output first).
+                let out = &mut y.spare_capacity_mut()
+                    [start * g.c_out * plane_out..end * g.c_out * plane_out];
                 out.par_chunks_mut(plane_out)
                     .enumerate()
                     .for_each(|(plane, dst)| {
@@ -90,6 +94,9 @@ pub fn forward(g: &ConvGeometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
             }
         },
     );
+    // SAFETY: the chunks cover the batch and the output transform writes every element of each
+    // plane, so every element was initialised above.
+    unsafe { y.set_len(g.output_len()) };
     y
 }
 
@@ -393,12 +400,12 @@ fn input_tile_rows(
 
 /// Writes `Aᵀ M A` of every 4×4 tile `rows[ξ][offset + tile]` into one `h × w` output plane
 /// (dropping what falls outside it), with `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`, a row of
-/// tiles at a time as for the input.
+/// tiles at a time as for the input. Writes every element of `dst`.
 fn transform_output_tiles(
     rows: &[f32],
     stride: usize,
     offset: usize,
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
     h: usize,
     w: usize,
 ) {
@@ -414,7 +421,7 @@ fn output_tile_rows(
     rows: &[f32],
     stride: usize,
     offset: usize,
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
     h: usize,
     w: usize,
     t: &mut [f32],
@@ -442,9 +449,9 @@ fn output_tile_rows(
             let (t0, t1, t2, t3) = (&t[..tw], &t[tw..2 * tw], &t[2 * tw..3 * tw], &t[3 * tw..]);
             let out = &mut dst[y * w..][..w];
             for tx in 0..tw {
-                out[2 * tx] = t0[tx] + t1[tx] + t2[tx];
+                out[2 * tx].write(t0[tx] + t1[tx] + t2[tx]);
                 if 2 * tx + 1 < w {
-                    out[2 * tx + 1] = t1[tx] - t2[tx] - t3[tx];
+                    out[2 * tx + 1].write(t1[tx] - t2[tx] - t3[tx]);
                 }
             }
         }

@@ -9,6 +9,8 @@
 //! write. Sums are taken per channel in float64, in a fixed order, so results do not depend on
 //! the thread count (a seed still gives bit-identical runs).
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 /// A batch norm's input seen as `[batch, channels, plane]` (plane = height × width).
@@ -135,8 +137,9 @@ fn normalise(
             (statistics.mean[ch] as f32, scale as f32, beta[ch])
         })
         .collect();
-    let mut output = vec![0.0f32; shape.len()];
-    output
+    let activation = |v: f32| if relu { v.max(0.0) } else { v };
+    let mut output: Vec<f32> = Vec::with_capacity(shape.len());
+    output.spare_capacity_mut()[..shape.len()]
         .par_chunks_mut(shape.plane)
         .with_min_len(shape.planes_per_task())
         .enumerate()
@@ -146,23 +149,19 @@ fn normalise(
             let src = &x[range.clone()];
             match residual {
                 Some(r) => {
-                    let r = &r[range];
-                    for ((o, &v), &add) in out.iter_mut().zip(src).zip(r) {
-                        *o = (v - mean) * scale + shift + add;
+                    for ((o, &v), &add) in out.iter_mut().zip(src).zip(&r[range]) {
+                        o.write(activation((v - mean) * scale + shift + add));
                     }
                 }
                 None => {
                     for (o, &v) in out.iter_mut().zip(src) {
-                        *o = (v - mean) * scale + shift;
+                        o.write(activation((v - mean) * scale + shift));
                     }
                 }
             }
-            if relu {
-                for o in out.iter_mut() {
-                    *o = o.max(0.0);
-                }
-            }
         });
+    // SAFETY: the planes cover the output and each is written whole above (no zeroing pass).
+    unsafe { output.set_len(shape.len()) };
     output
 }
 
@@ -241,13 +240,14 @@ pub fn backward(
             (-k * mean_dz) as f32,
         ));
     }
-    let mut dx = vec![0.0f32; shape.len()];
-    let mut dresidual = residual_grad.then(|| vec![0.0f32; shape.len()]);
+    // dx (and the residual's gradient) are written whole, plane by plane, with no zeroing pass.
+    let mut dx: Vec<f32> = Vec::with_capacity(shape.len());
+    let mut dresidual: Option<Vec<f32>> = residual_grad.then(|| Vec::with_capacity(shape.len()));
     let plane = shape.plane;
-    let dx_planes = dx
+    let dx_planes = dx.spare_capacity_mut()[..shape.len()]
         .par_chunks_mut(plane)
         .with_min_len(shape.planes_per_task());
-    let input_gradient = |index: usize, out: &mut [f32]| {
+    let input_gradient = |index: usize, out: &mut [MaybeUninit<f32>]| {
         let (mean, k, p, q) = constants[index % shape.channels];
         let range = index * plane..(index + 1) * plane;
         let (x, dy) = (&saved.x[range.clone()], &dy[range.clone()]);
@@ -255,35 +255,47 @@ pub fn backward(
             Some(y) => {
                 for (((o, &x), &dy), &y) in out.iter_mut().zip(x).zip(dy).zip(&y[range]) {
                     let dz = if y > 0.0 { dy } else { 0.0 };
-                    *o = k * dz + p * (x - mean) + q;
+                    o.write(k * dz + p * (x - mean) + q);
                 }
             }
             None => {
                 for ((o, &x), &dy) in out.iter_mut().zip(x).zip(dy) {
-                    *o = k * dy + p * (x - mean) + q;
+                    o.write(k * dy + p * (x - mean) + q);
                 }
             }
         }
     };
     match dresidual.as_mut() {
         Some(dr) => dx_planes
-            .zip(dr.par_chunks_mut(plane))
+            .zip(dr.spare_capacity_mut()[..shape.len()].par_chunks_mut(plane))
             .enumerate()
             .for_each(|(index, (out, dr))| {
                 input_gradient(index, out);
                 let range = index * plane..(index + 1) * plane;
+                let dy = &dy[range.clone()];
                 match mask {
                     Some(y) => {
-                        for ((d, &dy), &y) in dr.iter_mut().zip(&dy[range.clone()]).zip(&y[range]) {
-                            *d = if y > 0.0 { dy } else { 0.0 };
+                        for ((d, &dy), &y) in dr.iter_mut().zip(dy).zip(&y[range]) {
+                            d.write(if y > 0.0 { dy } else { 0.0 });
                         }
                     }
-                    None => dr.copy_from_slice(&dy[range]),
+                    None => {
+                        for (d, &dy) in dr.iter_mut().zip(dy) {
+                            d.write(dy);
+                        }
+                    }
                 }
             }),
         None => dx_planes
             .enumerate()
             .for_each(|(index, out)| input_gradient(index, out)),
+    }
+    // SAFETY: the planes cover both buffers and each plane is written whole above.
+    unsafe {
+        dx.set_len(shape.len());
+        if let Some(dr) = dresidual.as_mut() {
+            dr.set_len(shape.len());
+        }
     }
     NormBackward {
         x: dx,
