@@ -18,6 +18,7 @@ mod momentum;
 mod norm;
 pub mod params;
 mod resnet;
+mod switch;
 pub mod weights;
 
 pub use error::ModelError;

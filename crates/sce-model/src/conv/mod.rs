@@ -15,12 +15,12 @@ mod winograd;
 #[cfg(feature = "flex")]
 mod flex;
 
-use std::sync::atomic::{AtomicU8, Ordering};
-
 use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 
 pub use geometry::ConvGeometry;
+
+use crate::switch::Switch;
 
 /// Wall-clock time the GEMM kernels have spent so far in this process, as
 /// `[forward, input gradient, weight gradient]`: how `bench step` splits a step's convolutions.
@@ -37,19 +37,16 @@ pub enum ConvKernels {
     Burn,
 }
 
-static KERNELS: AtomicU8 = AtomicU8::new(0);
+static KERNELS: Switch<ConvKernels> = Switch::new(ConvKernels::Gemm, ConvKernels::Burn);
 
 /// Chooses the convolution implementation for the whole process.
 pub fn set_conv_kernels(kernels: ConvKernels) {
-    KERNELS.store(kernels as u8, Ordering::Relaxed);
+    KERNELS.set(kernels);
 }
 
 /// The implementation [`conv2d`] uses on `flex`.
 pub fn conv_kernels() -> ConvKernels {
-    match KERNELS.load(Ordering::Relaxed) {
-        0 => ConvKernels::Gemm,
-        _ => ConvKernels::Burn,
-    }
+    KERNELS.get()
 }
 
 /// `conv.forward(x)`, by the GEMM kernels where they apply (see the module doc).

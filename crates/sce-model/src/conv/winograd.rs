@@ -248,48 +248,33 @@ fn transform_output_grad_tiles(
     let tw = w.div_ceil(2);
     let padded = 2 * tw;
     with_plane_rows(2 * padded, |e| {
-        output_grad_tile_rows(src, h, w, rows, stride, offset, e)
-    });
-}
-
-/// [`transform_output_grad_tiles`] with its buffer for 2 padded rows.
-fn output_grad_tile_rows(
-    src: &[f32],
-    h: usize,
-    w: usize,
-    rows: &mut [f32],
-    stride: usize,
-    offset: usize,
-    e: &mut [f32],
-) {
-    let tw = w.div_ceil(2);
-    let padded = 2 * tw;
-    for ty in 0..h.div_ceil(2) {
-        load_padded_rows(src, h, w, 2 * ty, 0, padded, e);
-        let (e0, e1) = e.split_at(padded);
-        let first = offset + ty * tw;
-        // t = A e: rows e0, e0 + e1, e0 − e1, −e1; then · Aᵀ per tile: a, a + b, a − b, −b.
-        for r in 0..4 {
-            let t = |i: usize| match r {
-                0 => e0[i],
-                1 => e0[i] + e1[i],
-                2 => e0[i] - e1[i],
-                _ => -e1[i],
-            };
-            for c in 0..4 {
-                let out = &mut rows[(r * 4 + c) * stride + first..][..tw];
-                for (tx, o) in out.iter_mut().enumerate() {
-                    let (a, b) = (t(2 * tx), t(2 * tx + 1));
-                    *o = match c {
-                        0 => a,
-                        1 => a + b,
-                        2 => a - b,
-                        _ => -b,
-                    };
+        for ty in 0..h.div_ceil(2) {
+            load_padded_rows(src, h, w, 2 * ty, 0, padded, e);
+            let (e0, e1) = e.split_at(padded);
+            let first = offset + ty * tw;
+            // t = A e: rows e0, e0 + e1, e0 − e1, −e1; then · Aᵀ per tile: a, a + b, a − b, −b.
+            for r in 0..4 {
+                let t = |i: usize| match r {
+                    0 => e0[i],
+                    1 => e0[i] + e1[i],
+                    2 => e0[i] - e1[i],
+                    _ => -e1[i],
+                };
+                for c in 0..4 {
+                    let out = &mut rows[(r * 4 + c) * stride + first..][..tw];
+                    for (tx, o) in out.iter_mut().enumerate() {
+                        let (a, b) = (t(2 * tx), t(2 * tx + 1));
+                        *o = match c {
+                            0 => a,
+                            1 => a + b,
+                            2 => a - b,
+                            _ => -b,
+                        };
+                    }
                 }
             }
         }
-    }
+    });
 }
 
 /// `U[ξ][c_out][c_in] = G g Gᵀ` for every 3×3 filter `g`, with
@@ -337,65 +322,49 @@ fn transform_input_tiles(
         let (d, rest) = buffer.split_at_mut(4 * padded);
         let (t, rest) = rest.split_at_mut(4 * padded);
         let (even, odd) = rest.split_at_mut(tw + 1);
-        input_tile_rows(src, h, w, rows, stride, offset, [d, t, even, odd]);
+        for ty in 0..h.div_ceil(2) {
+            load_padded_rows(src, h, w, 2 * ty, 1, padded, d);
+            let (d0, rest) = d.split_at(padded);
+            let (d1, rest) = rest.split_at(padded);
+            let (d2, d3) = rest.split_at(padded);
+            let (t0, rest) = t.split_at_mut(padded);
+            let (t1, rest) = rest.split_at_mut(padded);
+            let (t2, t3) = rest.split_at_mut(padded);
+            for i in 0..padded {
+                t0[i] = d0[i] - d2[i];
+                t1[i] = d1[i] + d2[i];
+                t2[i] = d2[i] - d1[i];
+                t3[i] = d1[i] - d3[i];
+            }
+            let first = offset + ty * tw;
+            for (r, t) in [&*t0, &*t1, &*t2, &*t3].into_iter().enumerate() {
+                // Even and odd columns apart, so that every loop below reads unit-stride.
+                for (k, pair) in t.chunks_exact(2).enumerate() {
+                    even[k] = pair[0];
+                    odd[k] = pair[1];
+                }
+                // Tile tx reads padded columns 2tx … 2tx+3: even[tx], odd[tx], even[tx+1], odd[tx+1].
+                let (e0, e1, o0, o1) = (&even[..tw], &even[1..=tw], &odd[..tw], &odd[1..=tw]);
+                let base = r * 4 * stride + first;
+                let block = &mut rows[base..base + 3 * stride + tw];
+                let (out0, rest) = block.split_at_mut(stride);
+                let (out1, rest) = rest.split_at_mut(stride);
+                let (out2, out3) = rest.split_at_mut(stride);
+                let (out0, out1, out2, out3) = (
+                    &mut out0[..tw],
+                    &mut out1[..tw],
+                    &mut out2[..tw],
+                    &mut out3[..tw],
+                );
+                for tx in 0..tw {
+                    out0[tx] = e0[tx] - e1[tx];
+                    out1[tx] = o0[tx] + e1[tx];
+                    out2[tx] = e1[tx] - o0[tx];
+                    out3[tx] = o0[tx] - o1[tx];
+                }
+            }
+        }
     });
-}
-
-/// [`transform_input_tiles`] with its row buffers: 4 padded input rows, their 4 combinations,
-/// and the even and odd columns of one.
-fn input_tile_rows(
-    src: &[f32],
-    h: usize,
-    w: usize,
-    rows: &mut [f32],
-    stride: usize,
-    offset: usize,
-    [d, t, even, odd]: [&mut [f32]; 4],
-) {
-    let tw = w.div_ceil(2);
-    let padded = 2 * tw + 2;
-    for ty in 0..h.div_ceil(2) {
-        load_padded_rows(src, h, w, 2 * ty, 1, padded, d);
-        let (d0, rest) = d.split_at(padded);
-        let (d1, rest) = rest.split_at(padded);
-        let (d2, d3) = rest.split_at(padded);
-        let (t0, rest) = t.split_at_mut(padded);
-        let (t1, rest) = rest.split_at_mut(padded);
-        let (t2, t3) = rest.split_at_mut(padded);
-        for i in 0..padded {
-            t0[i] = d0[i] - d2[i];
-            t1[i] = d1[i] + d2[i];
-            t2[i] = d2[i] - d1[i];
-            t3[i] = d1[i] - d3[i];
-        }
-        let first = offset + ty * tw;
-        for (r, t) in [&*t0, &*t1, &*t2, &*t3].into_iter().enumerate() {
-            // Even and odd columns apart, so that every loop below reads unit-stride.
-            for (k, pair) in t.chunks_exact(2).enumerate() {
-                even[k] = pair[0];
-                odd[k] = pair[1];
-            }
-            // Tile tx reads padded columns 2tx … 2tx+3: even[tx], odd[tx], even[tx+1], odd[tx+1].
-            let (e0, e1, o0, o1) = (&even[..tw], &even[1..=tw], &odd[..tw], &odd[1..=tw]);
-            let base = r * 4 * stride + first;
-            let block = &mut rows[base..base + 3 * stride + tw];
-            let (out0, rest) = block.split_at_mut(stride);
-            let (out1, rest) = rest.split_at_mut(stride);
-            let (out2, out3) = rest.split_at_mut(stride);
-            let (out0, out1, out2, out3) = (
-                &mut out0[..tw],
-                &mut out1[..tw],
-                &mut out2[..tw],
-                &mut out3[..tw],
-            );
-            for tx in 0..tw {
-                out0[tx] = e0[tx] - e1[tx];
-                out1[tx] = o0[tx] + e1[tx];
-                out2[tx] = e1[tx] - o0[tx];
-                out3[tx] = o0[tx] - o1[tx];
-            }
-        }
-    }
 }
 
 /// Writes `Aᵀ M A` of every 4×4 tile `rows[ξ][offset + tile]` into one `h × w` output plane
@@ -412,48 +381,34 @@ fn transform_output_tiles(
     let tw = w.div_ceil(2);
     // t[r][c][tx] = (Aᵀ M)[r][c] of tile tx.
     with_plane_rows(8 * tw, |t| {
-        output_tile_rows(rows, stride, offset, dst, h, w, t)
-    });
-}
-
-/// [`transform_output_tiles`] with its buffer for 8 rows of tiles.
-fn output_tile_rows(
-    rows: &[f32],
-    stride: usize,
-    offset: usize,
-    dst: &mut [MaybeUninit<f32>],
-    h: usize,
-    w: usize,
-    t: &mut [f32],
-) {
-    let tw = w.div_ceil(2);
-    for ty in 0..h.div_ceil(2) {
-        let first = offset + ty * tw;
-        let m = |r: usize, c: usize| &rows[(r * 4 + c) * stride + first..][..tw];
-        for c in 0..4 {
-            let (m0, m1, m2, m3) = (m(0, c), m(1, c), m(2, c), m(3, c));
-            let (top, bottom) = t.split_at_mut(4 * tw);
-            let top = &mut top[c * tw..][..tw];
-            let bottom = &mut bottom[c * tw..][..tw];
-            for tx in 0..tw {
-                top[tx] = m0[tx] + m1[tx] + m2[tx];
-                bottom[tx] = m1[tx] - m2[tx] - m3[tx];
+        for ty in 0..h.div_ceil(2) {
+            let first = offset + ty * tw;
+            let m = |r: usize, c: usize| &rows[(r * 4 + c) * stride + first..][..tw];
+            for c in 0..4 {
+                let (m0, m1, m2, m3) = (m(0, c), m(1, c), m(2, c), m(3, c));
+                let (top, bottom) = t.split_at_mut(4 * tw);
+                let top = &mut top[c * tw..][..tw];
+                let bottom = &mut bottom[c * tw..][..tw];
+                for tx in 0..tw {
+                    top[tx] = m0[tx] + m1[tx] + m2[tx];
+                    bottom[tx] = m1[tx] - m2[tx] - m3[tx];
+                }
             }
-        }
-        for r in 0..2 {
-            let y = 2 * ty + r;
-            if y >= h {
-                break;
-            }
-            let t = &t[r * 4 * tw..][..4 * tw];
-            let (t0, t1, t2, t3) = (&t[..tw], &t[tw..2 * tw], &t[2 * tw..3 * tw], &t[3 * tw..]);
-            let out = &mut dst[y * w..][..w];
-            for tx in 0..tw {
-                out[2 * tx].write(t0[tx] + t1[tx] + t2[tx]);
-                if 2 * tx + 1 < w {
-                    out[2 * tx + 1].write(t1[tx] - t2[tx] - t3[tx]);
+            for r in 0..2 {
+                let y = 2 * ty + r;
+                if y >= h {
+                    break;
+                }
+                let t = &t[r * 4 * tw..][..4 * tw];
+                let (t0, t1, t2, t3) = (&t[..tw], &t[tw..2 * tw], &t[2 * tw..3 * tw], &t[3 * tw..]);
+                let out = &mut dst[y * w..][..w];
+                for tx in 0..tw {
+                    out[2 * tx].write(t0[tx] + t1[tx] + t2[tx]);
+                    if 2 * tx + 1 < w {
+                        out[2 * tx + 1].write(t1[tx] - t2[tx] - t3[tx]);
+                    }
                 }
             }
         }
-    }
+    });
 }

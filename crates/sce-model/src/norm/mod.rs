@@ -8,14 +8,13 @@ mod flex;
 #[cfg(any(test, feature = "flex"))]
 mod kernels;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use burn::nn::BatchNorm;
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 use burn::tensor::module::batch_norm_train;
 
 use crate::ModelError;
+use crate::switch::Switch;
 
 /// How training batch norms reduce a batch to its per-channel statistics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,20 +30,17 @@ pub enum StatisticsReduction {
     Short,
 }
 
-static SHORT_REDUCTIONS: AtomicBool = AtomicBool::new(false);
+static REDUCTION: Switch<StatisticsReduction> =
+    Switch::new(StatisticsReduction::Fused, StatisticsReduction::Short);
 
 /// Chooses, for the whole process, how training batch norms compute their statistics (the
 /// binary decides once at start-up from what the device computes; see `sce-train check`).
 pub fn set_statistics_reduction(reduction: StatisticsReduction) {
-    SHORT_REDUCTIONS.store(reduction == StatisticsReduction::Short, Ordering::SeqCst);
+    REDUCTION.set(reduction);
 }
 
 pub fn statistics_reduction() -> StatisticsReduction {
-    if SHORT_REDUCTIONS.load(Ordering::SeqCst) {
-        StatisticsReduction::Short
-    } else {
-        StatisticsReduction::Fused
-    }
+    REDUCTION.get()
 }
 
 /// Which implementation training batch norms use on the `flex` backend (other backends always
@@ -57,20 +53,16 @@ pub enum NormKernels {
     Burn,
 }
 
-static BURN_NORM: AtomicBool = AtomicBool::new(false);
+static NORM_KERNELS: Switch<NormKernels> = Switch::new(NormKernels::Fused, NormKernels::Burn);
 
 /// Chooses the batch-norm implementation on `flex` for the whole process.
 pub fn set_norm_kernels(kernels: NormKernels) {
-    BURN_NORM.store(kernels == NormKernels::Burn, Ordering::SeqCst);
+    NORM_KERNELS.set(kernels);
 }
 
 /// The implementation training batch norms use on `flex`.
 pub fn norm_kernels() -> NormKernels {
-    if BURN_NORM.load(Ordering::SeqCst) {
-        NormKernels::Burn
-    } else {
-        NormKernels::Fused
-    }
+    NORM_KERNELS.get()
 }
 
 /// What a ResNet applies right after a batch norm, `relu(bn(x) + residual)`: one operation with
