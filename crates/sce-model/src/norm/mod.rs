@@ -184,39 +184,29 @@ fn fused_batch_norm(
 ) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
     use burn::backend::Dispatch;
     use flex::FusedBatchNorm;
+    if let AfterNorm {
+        residual: Some(residual),
+        relu: false,
+    } = after
+    {
+        // No fused operation adds without a ReLU (no ResNet does): normalise, then add.
+        let (output, mean, variance) = fused_batch_norm(x, gamma, beta, epsilon, AfterNorm::none());
+        return (output + residual, mean, variance);
+    }
     let (x, gamma, beta) = (
         x.into_dispatch(),
         gamma.into_dispatch(),
         beta.into_dispatch(),
     );
-    let (output, mean, variance) = match after {
-        AfterNorm {
-            residual: Some(residual),
-            relu: true,
-        } => <Dispatch as FusedBatchNorm>::fused_batch_norm_add_relu(
+    let (output, mean, variance) = match after.residual {
+        Some(residual) => <Dispatch as FusedBatchNorm>::fused_batch_norm_add_relu(
             x,
             gamma,
             beta,
             residual.into_dispatch(),
             epsilon,
         ),
-        AfterNorm {
-            residual: None,
-            relu,
-        } => <Dispatch as FusedBatchNorm>::fused_batch_norm(x, gamma, beta, epsilon, relu),
-        AfterNorm {
-            residual: Some(residual),
-            relu: false,
-        } => {
-            let (output, mean, variance) =
-                <Dispatch as FusedBatchNorm>::fused_batch_norm(x, gamma, beta, epsilon, false);
-            let output = Tensor::<4>::from_dispatch(output) + residual;
-            return (
-                output,
-                Tensor::from_dispatch(mean),
-                Tensor::from_dispatch(variance),
-            );
-        }
+        None => <Dispatch as FusedBatchNorm>::fused_batch_norm(x, gamma, beta, epsilon, after.relu),
     };
     (
         Tensor::from_dispatch(output),
@@ -231,45 +221,39 @@ fn fused_batch_norm(
 fn fused_batch_norm_inference(bn: &BatchNorm, x: Tensor<4>, after: AfterNorm) -> Tensor<4> {
     use burn::backend::Dispatch;
     use flex::FusedBatchNormInference;
+    if let AfterNorm {
+        residual: Some(residual),
+        relu: false,
+    } = after
+    {
+        // As in training: normalise, then add.
+        return fused_batch_norm_inference(bn, x, AfterNorm::none()) + residual;
+    }
     let device = x.device();
     let statistics = |t: Tensor<1>| t.to_device(&device).into_dispatch();
-    let inputs = (
+    let (x, gamma, beta, mean, variance) = (
         x.into_dispatch(),
         bn.gamma.val().into_dispatch(),
         bn.beta.val().into_dispatch(),
         statistics(bn.running_mean.value()),
         statistics(bn.running_var.value()),
     );
-    let (x, gamma, beta, mean, variance) = inputs;
     let epsilon = bn.epsilon;
-    Tensor::from_dispatch(match after {
-        AfterNorm {
-            residual: Some(residual),
-            relu: true,
-        } => <Dispatch as FusedBatchNormInference>::fused_batch_norm_inference_add_relu(
-            x,
-            gamma,
-            beta,
-            mean,
-            variance,
-            residual.into_dispatch(),
-            epsilon,
-        ),
-        AfterNorm {
-            residual: None,
-            relu,
-        } => <Dispatch as FusedBatchNormInference>::fused_batch_norm_inference(
-            x, gamma, beta, mean, variance, epsilon, relu,
-        ),
-        AfterNorm {
-            residual: Some(residual),
-            relu: false,
-        } => {
-            let output = <Dispatch as FusedBatchNormInference>::fused_batch_norm_inference(
-                x, gamma, beta, mean, variance, epsilon, false,
-            );
-            return Tensor::<4>::from_dispatch(output) + residual;
+    Tensor::from_dispatch(match after.residual {
+        Some(residual) => {
+            <Dispatch as FusedBatchNormInference>::fused_batch_norm_inference_add_relu(
+                x,
+                gamma,
+                beta,
+                mean,
+                variance,
+                residual.into_dispatch(),
+                epsilon,
+            )
         }
+        None => <Dispatch as FusedBatchNormInference>::fused_batch_norm_inference(
+            x, gamma, beta, mean, variance, epsilon, after.relu,
+        ),
     })
 }
 
