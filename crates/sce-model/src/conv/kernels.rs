@@ -550,7 +550,7 @@ pub(super) mod tests {
         for (i, g) in geometries().iter().enumerate() {
             let x = values(g.input_len(), 1 + i as u64);
             let w = values(g.weight_len(), 100 + i as u64);
-            assert_close(
+            assert_close_at_scale(
                 &forward(g, &x, &w),
                 &reference_forward(g, &x, &w),
                 1e-5,
