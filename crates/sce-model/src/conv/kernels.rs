@@ -513,7 +513,12 @@ pub(super) mod tests {
 
     /// Every element within `tol` of the largest `|expected|`: Winograd's rounding error grows
     /// with the output's scale, not with each element's own magnitude.
-    pub(in crate::conv) fn assert_close_at_scale(got: &[f32], expected: &[f64], tol: f64, what: &str) {
+    pub(in crate::conv) fn assert_close_at_scale(
+        got: &[f32],
+        expected: &[f64],
+        tol: f64,
+        what: &str,
+    ) {
         assert_eq!(got.len(), expected.len(), "{what}: length");
         let scale = expected.iter().fold(0.0f64, |m, e| m.max(e.abs()));
         for (i, (g, e)) in got.iter().zip(expected).enumerate() {

@@ -466,9 +466,8 @@ fn transform_output_grad_tiles(
 ) {
     let tw = w.div_ceil(TILE);
     let padded = TILE * tw;
-    with_plane_rows(TILE * padded + ALPHA * padded + padded, |buffer| {
-        let (e, rest) = buffer.split_at_mut(TILE * padded);
-        let (t, phases) = rest.split_at_mut(ALPHA * padded);
+    with_plane_rows(TILE * padded + ALPHA * padded, |buffer| {
+        let (e, t) = buffer.split_at_mut(TILE * padded);
         for ty in 0..h.div_ceil(TILE) {
             load_padded_rows(src, h, w, TILE * ty, 0, padded, e);
             let e: [&[f32]; TILE] = std::array::from_fn(|k| &e[k * padded..][..padded]);
@@ -482,13 +481,10 @@ fn transform_output_grad_tiles(
             }
             let first = offset + ty * tw;
             for (r, t_r) in t.chunks_exact(padded).enumerate() {
-                deinterleave(t_r, TILE, phases);
-                let p: [&[f32]; TILE] = std::array::from_fn(|j| &phases[j * tw..][..tw]);
                 let [o0, o1, o2, o3, o4, o5] =
                     strided_rows::<ALPHA>(rows, r * ALPHA * stride + first, stride, tw);
-                for tx in 0..tw {
-                    let [v0, v1, v2, v3, v4, v5] =
-                        output_grad_points([p[0][tx], p[1][tx], p[2][tx], p[3][tx]]);
+                for (tx, e) in t_r.chunks_exact(TILE).enumerate() {
+                    let [v0, v1, v2, v3, v4, v5] = output_grad_points(e.try_into().expect("four"));
                     (o0[tx], o1[tx], o2[tx], o3[tx], o4[tx], o5[tx]) = (v0, v1, v2, v3, v4, v5);
                 }
             }
