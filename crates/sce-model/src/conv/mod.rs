@@ -1,5 +1,5 @@
 //! Convolutions for the trunks. On the `flex` CPU backend, sce-model's own kernels with their
-//! own backward step: Winograd F(2×2, 3×3) for 3×3 stride-1 convolutions (`winograd.rs`),
+//! own backward step: Winograd F(4×4, 3×3) for 3×3 stride-1 convolutions (`winograd.rs`),
 //! three well-shaped GEMMs for the others (`kernels.rs`). Everywhere else, and for anything the
 //! kernels do not cover (bias, groups, dilation, asymmetric padding, other dtypes), Burn's
 //! own `Conv2d::forward`.
