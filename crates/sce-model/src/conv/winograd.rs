@@ -60,8 +60,8 @@ pub fn forward(g: &ConvGeometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
     convolve(g, x, weight, false)
 }
 
-/// [`forward`] of the weights turned 180° when `flipped`, with the channel axes of `weight`
-/// (`[c_in, c_out, 3, 3]` then) swapped: the input gradient of the convolution with `weight`.
+/// [`forward`]; or, when `flipped`, the convolution with `weight`'s filters turned 180° and its
+/// channel axes swapped (`weight` is then `[g.c_in, g.c_out, 3, 3]`): [`input_grad`].
 fn convolve(g: &ConvGeometry, x: &[f32], weight: &[f32], flipped: bool) -> Vec<f32> {
     let (tiles_per_image, images) = tiling(g);
     let mut y: Vec<f32> = Vec::with_capacity(g.output_len());
@@ -403,6 +403,23 @@ fn deinterleave(t: &[f32], phases: usize, out: &mut [f32]) {
     }
 }
 
+/// `t` (six rows) `= points` applied to every column of `rows` (`N` rows of the same length as
+/// `t`'s): the left factor of a tile row's transform, as whole-row vector operations.
+#[inline(always)]
+fn transform_columns<const N: usize>(
+    rows: &[f32],
+    t: &mut [f32],
+    points: impl Fn([f32; N]) -> [f32; ALPHA],
+) {
+    let len = rows.len() / N;
+    let rows: [&[f32]; N] = std::array::from_fn(|k| &rows[k * len..][..len]);
+    let [t0, t1, t2, t3, t4, t5] = strided_rows::<ALPHA>(t, 0, len, len);
+    for i in 0..len {
+        let [o0, o1, o2, o3, o4, o5] = points(std::array::from_fn(|k| rows[k][i]));
+        (t0[i], t1[i], t2[i], t3[i], t4[i], t5[i]) = (o0, o1, o2, o3, o4, o5);
+    }
+}
+
 /// Writes `Bᵀ d B` of every 6×6 input tile of one `h × w` plane (zero outside it) into
 /// `rows[ξ][offset + tile]`, rows being `stride` long. One row of tiles at a time: `Bᵀ d` over
 /// the six input rows as whole-row vector operations, then `· B` tile by tile, each ξ's values
@@ -423,14 +440,7 @@ fn transform_input_tiles(
         let (t, phases) = rest.split_at_mut(ALPHA * padded);
         for ty in 0..h.div_ceil(TILE) {
             load_padded_rows(src, h, w, TILE * ty, 1, padded, d);
-            let d: [&[f32]; ALPHA] = std::array::from_fn(|k| &d[k * padded..][..padded]);
-            {
-                let [t0, t1, t2, t3, t4, t5] = strided_rows::<ALPHA>(t, 0, padded, padded);
-                for i in 0..padded {
-                    let [o0, o1, o2, o3, o4, o5] = input_points(std::array::from_fn(|k| d[k][i]));
-                    (t0[i], t1[i], t2[i], t3[i], t4[i], t5[i]) = (o0, o1, o2, o3, o4, o5);
-                }
-            }
+            transform_columns(d, t, input_points);
             let first = offset + ty * tw;
             for (r, t_r) in t.chunks_exact(padded).enumerate() {
                 deinterleave(t_r, TILE, phases);
@@ -466,25 +476,21 @@ fn transform_output_grad_tiles(
 ) {
     let tw = w.div_ceil(TILE);
     let padded = TILE * tw;
-    with_plane_rows(TILE * padded + ALPHA * padded, |buffer| {
-        let (e, t) = buffer.split_at_mut(TILE * padded);
+    with_plane_rows(TILE * padded + ALPHA * padded + padded, |buffer| {
+        let (e, rest) = buffer.split_at_mut(TILE * padded);
+        let (t, phases) = rest.split_at_mut(ALPHA * padded);
         for ty in 0..h.div_ceil(TILE) {
             load_padded_rows(src, h, w, TILE * ty, 0, padded, e);
-            let e: [&[f32]; TILE] = std::array::from_fn(|k| &e[k * padded..][..padded]);
-            {
-                let [t0, t1, t2, t3, t4, t5] = strided_rows::<ALPHA>(t, 0, padded, padded);
-                for i in 0..padded {
-                    let [o0, o1, o2, o3, o4, o5] =
-                        output_grad_points(std::array::from_fn(|k| e[k][i]));
-                    (t0[i], t1[i], t2[i], t3[i], t4[i], t5[i]) = (o0, o1, o2, o3, o4, o5);
-                }
-            }
+            transform_columns::<TILE>(e, t, output_grad_points);
             let first = offset + ty * tw;
             for (r, t_r) in t.chunks_exact(padded).enumerate() {
+                deinterleave(t_r, TILE, phases);
+                let p: [&[f32]; TILE] = std::array::from_fn(|j| &phases[j * tw..][..tw]);
                 let [o0, o1, o2, o3, o4, o5] =
                     strided_rows::<ALPHA>(rows, r * ALPHA * stride + first, stride, tw);
-                for (tx, e) in t_r.chunks_exact(TILE).enumerate() {
-                    let [v0, v1, v2, v3, v4, v5] = output_grad_points(e.try_into().expect("four"));
+                for tx in 0..tw {
+                    let [v0, v1, v2, v3, v4, v5] =
+                        output_grad_points([p[0][tx], p[1][tx], p[2][tx], p[3][tx]]);
                     (o0[tx], o1[tx], o2[tx], o3[tx], o4[tx], o5[tx]) = (v0, v1, v2, v3, v4, v5);
                 }
             }
