@@ -60,6 +60,12 @@ fn knn_beats_chance_and_reports_baselines() {
     );
     assert!(report["untrained"]["top1"].as_f64().is_some());
     assert!(report["raw_pixels"]["top1"].as_f64().unwrap() > 30.0);
+    // Fashion-MNIST's pixels, centred, with few neighbours: the stronger of the two bars.
+    assert!(
+        report["raw_pixels_centred_k5"]["top1"].as_f64().unwrap()
+            > report["raw_pixels"]["top1"].as_f64().unwrap() - 5.0,
+        "{report}"
+    );
     assert_eq!(report["bank"], 1024);
 }
 

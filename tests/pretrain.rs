@@ -20,6 +20,40 @@ fn tiny(data: &Path, output: &Path, extra: &[&str]) -> std::process::Command {
     cmd
 }
 
+/// The hour recipe of docs/results.md as a user starts it, cut to one step on one batch of
+/// images with a small kNN: the file validates, builds its network and augmentation, trains and
+/// evaluates. Its accuracy is measured in docs/results.md, never by a test.
+#[test]
+fn hour_recipe_trains_one_step() {
+    let Some(data) = common::data_dir("hour_recipe_trains_one_step") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let config = "configs/fashion-mnist-hour.toml";
+    let text = std::fs::read_to_string(common::root().join(config)).unwrap();
+    let table: toml::Table = text.parse().unwrap();
+    let batch = table["run"]["batch_size"].as_integer().unwrap().to_string();
+    let out = sce_train()
+        .args(["pretrain", "--config", config, "--data-dir"])
+        .arg(&data)
+        .arg("--output")
+        .arg(&run)
+        .args(["--json", "--epochs", "1", "--limit-train", &batch])
+        .args([
+            "--set",
+            "eval.bank_limit=500",
+            "--set",
+            "eval.test_limit=100",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json_line(&out);
+    assert_eq!(report["steps"], 1, "{report}");
+    assert!(report["knn_top1"].as_f64().unwrap() > 10.0, "{report}");
+}
+
 /// `pretrain --resume RUN` with the real data.
 fn resume(data: &Path, run: &Path) -> std::process::Output {
     sce_train()
@@ -358,6 +392,38 @@ fn a_non_finite_loss_stops_the_run_and_names_the_step() {
     .output()
     .unwrap();
     assert_clean_failure(&out, 1, &["loss became", "at step", "last good checkpoint"]);
+    assert!(!run.join("summary.json").exists());
+    assert!(
+        state_files(&run).is_empty(),
+        "no checkpoint of a diverged state"
+    );
+}
+
+/// A learning rate far too high drives BatchNorm's running variances to infinity while the loss
+/// stays finite: the state check stops the run before it is scored, saved or summarised.
+#[test]
+fn a_diverged_state_with_a_finite_loss_is_no_result() {
+    let Some(data) = common::data_dir("a_diverged_state_with_a_finite_loss_is_no_result") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = tiny(
+        &data,
+        &run,
+        &["--set", "optim.lr=100000", "--set", "optim.warmup_epochs=0"],
+    )
+    .output()
+    .unwrap();
+    assert_clean_failure(
+        &out,
+        1,
+        &[
+            "NaN or infinite values",
+            "at step",
+            "last finite checkpoint",
+        ],
+    );
     assert!(!run.join("summary.json").exists());
     assert!(
         state_files(&run).is_empty(),

@@ -69,6 +69,40 @@ fn non_utf8_names_are_kept_and_symlink_loops_listed_once() {
     );
 }
 
+/// A link that leads out of its class folder would label another class's images (or images
+/// from anywhere) with this class: it is refused, naming the link. A link to an image of the
+/// same class is followed, and the image listed once.
+#[cfg(unix)]
+#[test]
+fn a_link_out_of_its_class_is_refused_not_relabelled() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("train");
+    image(&train.join("a/x.png"));
+    image(&train.join("b/y.png"));
+    image(&train.join("b/z.png"));
+    symlink(train.join("b/z.png"), train.join("b/same-class.png")).unwrap();
+    let set = open(dir.path(), Split::Train).unwrap();
+    assert_eq!(labels(set.as_ref()), [Some(0), Some(1), Some(1)]);
+
+    // `ln -s .. train/a/loop`: class a would reach train/b through it.
+    symlink("..", train.join("a/loop")).unwrap();
+    let err = open(dir.path(), Split::Train).err().unwrap();
+    assert!(
+        err.contains("a/loop") && err.contains("outside its class folder"),
+        "{err}"
+    );
+    std::fs::remove_file(train.join("a/loop")).unwrap();
+
+    // One image of class b linked into class a.
+    symlink(train.join("b/y.png"), train.join("a/borrowed.png")).unwrap();
+    let err = open(dir.path(), Split::Train).err().unwrap();
+    assert!(
+        err.contains("a/borrowed.png") && err.contains("outside its class folder"),
+        "{err}"
+    );
+}
+
 #[test]
 fn validation_classes_are_matched_to_training_classes_by_name() {
     let dir = tempfile::tempdir().unwrap();

@@ -38,6 +38,17 @@ pub fn count_parameters<M: Module>(module: &M) -> usize {
         .sum()
 }
 
+/// The path of the first float tensor of `module` holding NaN or an infinity, BatchNorm
+/// statistics included: a diverged run can keep a finite loss while its running variances are
+/// infinite, and ReLU hides NaN weights from the features, so the state itself is checked
+/// before it is saved, evaluated or exported. Call [`sync_buffers`] first.
+pub fn first_non_finite<M: Module>(module: &M) -> Option<String> {
+    named_tensors(module)
+        .into_iter()
+        .find(|(_, t)| !t.clone().is_finite().all().into_scalar::<bool>())
+        .map(|(path, _)| path)
+}
+
 /// `target ← m·target + (1 − m)·online` for every parameter, matched by path; BatchNorm running
 /// statistics keep the target's own values. `m = 0` copies the online parameters.
 pub fn ema_update<M: Module>(online: &M, target: M, momentum: f64) -> M {
@@ -137,6 +148,23 @@ mod tests {
         bn.running_mean
             .update(Tensor::from_data([running_mean], &device));
         Tiny { linear, bn }
+    }
+
+    #[test]
+    fn the_first_non_finite_tensor_is_named_buffers_included() {
+        let healthy = tiny([1.0, 2.0], 0.5, 0.0);
+        assert_eq!(first_non_finite(&healthy), None);
+        let nan_weight = tiny([1.0, f32::NAN], 0.5, 0.0);
+        assert_eq!(
+            first_non_finite(&nan_weight).as_deref(),
+            Some("linear.weight")
+        );
+        let infinite_statistic = tiny([1.0, 2.0], 0.5, f32::INFINITY);
+        sync_buffers(&infinite_statistic);
+        assert_eq!(
+            first_non_finite(&infinite_statistic).as_deref(),
+            Some("bn.running_mean")
+        );
     }
 
     /// Hand-computed: m = 0.9, target w = (1, 2), online w = (3, -2):

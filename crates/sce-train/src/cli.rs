@@ -149,7 +149,11 @@ impl PretrainCmd {
             devices: self.devices.clone(),
             data_dir: self.common.data_dir.clone(),
             console: self.common.console(),
-            origin: std::env::args().collect::<Vec<_>>().join(" "),
+            // Lossy: the command line is a note in the log, and arguments need not be UTF-8.
+            origin: std::env::args_os()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" "),
         };
         let summary = pretrain(&args)?;
         let console = self.common.console();

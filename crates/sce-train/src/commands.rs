@@ -71,7 +71,13 @@ struct KnnReport {
     trained: KnnResult,
     untrained: KnnResult,
     raw_pixels: Option<KnnResult>,
+    /// The strongest simple pixel baseline: mean-centred pixels, cosine, k = 5.
+    raw_pixels_centred_k5: Option<KnnResult>,
 }
+
+/// Neighbours of the centred-pixel baseline: few, as pixel distance is only trustworthy close
+/// by (on Fashion-MNIST k = 5 scores 86.5 % where k = 200 scores 78.9 %).
+const CENTRED_PIXELS_K: usize = 5;
 
 impl KnnCmd {
     pub fn run(&self) -> anyhow::Result<()> {
@@ -106,13 +112,20 @@ impl KnnCmd {
         let untrained = evaluator.evaluate(&untrained_model.pair.online().trunk)?;
         let small = config.augment.size <= 64;
         let raw_pixels = small.then(|| evaluator.evaluate_pixels()).transpose()?;
+        let raw_pixels_centred_k5 = small
+            .then(|| evaluator.evaluate_centred_pixels(CENTRED_PIXELS_K))
+            .transpose()?;
         let line = |name: &str, r: &KnnResult| {
-            format!("{name:<12} top-1 {:6.2}%  top-5 {:6.2}%", r.top1, r.top5)
+            format!("{name:<28} top-1 {:6.2}%  top-5 {:6.2}%", r.top1, r.top5)
         };
         eprintln!("{}", line("trained", &trained));
         eprintln!("{}", line("untrained", &untrained));
         if let Some(r) = &raw_pixels {
             eprintln!("{}", line("raw pixels", r));
+        }
+        if let Some(r) = &raw_pixels_centred_k5 {
+            let name = format!("raw pixels, centred, k = {CENTRED_PIXELS_K}");
+            eprintln!("{}", line(&name, r));
         }
         print_json(
             &self.common,
@@ -125,6 +138,7 @@ impl KnnCmd {
                 trained,
                 untrained,
                 raw_pixels,
+                raw_pixels_centred_k5,
             },
         )
     }

@@ -45,20 +45,50 @@ fn class_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// A listing of image files that follows symbolic links but lists each real folder once (a
-/// symlink loop or two links to one folder would multiply its images), and remembers what
-/// it skipped, for one note to the user.
+/// A listing of image files that follows symbolic links but lists each real folder and file
+/// once (a symlink loop or two links to one folder would multiply its images), and remembers
+/// what it skipped, for one note to the user.
+///
+/// In a class folder, a link must stay inside that class (`class` holds its real path): an
+/// image reached through a link into another class, or outside the dataset, would be labelled
+/// by the folder the link sits in, not by the one the image lives in. Such a link is an error
+/// naming it; links within the class (shared subfolders, deduplicated copies) are followed.
 #[derive(Default)]
 struct Walk {
     visited: HashSet<PathBuf>,
+    files: HashSet<PathBuf>,
     ignored: Vec<PathBuf>,
     revisits: Vec<PathBuf>,
+    class: Option<PathBuf>,
 }
 
 impl Walk {
+    /// Every image file under the class folder `dir`, recursively, in sorted order; links that
+    /// leave `dir` are an error.
+    fn images_of_class(&mut self, dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+        self.class = Some(dir.canonicalize().map_err(DataError::io(dir))?);
+        let images = self.images_under(dir);
+        self.class = None;
+        images
+    }
+
+    /// The real path of `path`, checked to lie inside the class folder being listed, if any.
+    fn real_path(&self, path: &Path) -> Result<PathBuf, DataError> {
+        let real = path.canonicalize().map_err(DataError::io(path))?;
+        match &self.class {
+            Some(class) if !real.starts_with(class) => Err(DataError::Config(format!(
+                "{} leads to {}, outside its class folder {}: its images would be labelled                  with the wrong class. Replace the link by the files, or move it into the class                  its images belong to",
+                path.display(),
+                real.display(),
+                class.display()
+            ))),
+            _ => Ok(real),
+        }
+    }
+
     /// Every image file under `dir`, recursively, in sorted order.
     fn images_under(&mut self, dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-        let real = dir.canonicalize().map_err(DataError::io(dir))?;
+        let real = self.real_path(dir)?;
         if !self.visited.insert(real) {
             self.revisits.push(dir.to_path_buf());
             return Ok(Vec::new());
@@ -68,7 +98,11 @@ impl Walk {
             if path.is_dir() {
                 out.extend(self.images_under(&path)?);
             } else if is_image(&path) {
-                out.push(path);
+                if self.files.insert(self.real_path(&path)?) {
+                    out.push(path);
+                } else {
+                    self.revisits.push(path);
+                }
             } else {
                 self.ignored.push(path);
             }
@@ -88,8 +122,8 @@ impl Walk {
         }
         if let Some(first) = self.revisits.first() {
             notes.push(format!(
-                "skipped {} folder(s) under {} already listed through another path (a symbolic \
-                 link loop or two links to one folder; first: {})",
+                "skipped {} folder(s) or image(s) under {} already listed through another path \
+                 (a symbolic link loop or two links to one place; first: {})",
                 self.revisits.len(),
                 root.display(),
                 first.display()
@@ -205,7 +239,7 @@ impl FolderImages {
         let mut items = Vec::new();
         for (label, folder) in labelled {
             items.extend(
-                walk.images_under(&folder)?
+                walk.images_of_class(&folder)?
                     .into_iter()
                     .map(|p| (p, Some(label as u16))),
             );

@@ -170,6 +170,29 @@ mod tests {
         assert!(load_config(&explicit).is_err());
     }
 
+    /// Every recipe shipped in configs/ parses with unknown keys refused and passes validation,
+    /// so a user's first command never fails on the file itself.
+    #[test]
+    fn every_shipped_config_loads_and_validates() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut checked = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let source = ConfigSource {
+                    path: path.clone(),
+                    overrides: Vec::new(),
+                };
+                load_config(&source).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                checked.push(path.file_name().unwrap().to_string_lossy().into_owned());
+            }
+        }
+        assert!(
+            checked.iter().any(|name| name == "fashion-mnist-hour.toml"),
+            "{checked:?}"
+        );
+    }
+
     #[test]
     fn override_values_parse_as_toml_or_strings() {
         assert_eq!(override_value("0.5"), toml::Value::Float(0.5));

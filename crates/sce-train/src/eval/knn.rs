@@ -7,7 +7,7 @@ use sce_data::{ImageSource, SkipLog};
 use sce_model::ResNet;
 use serde::Serialize;
 
-use super::extract_features;
+use super::{FeatureSet, extract_features};
 
 /// Accuracy of a kNN classification, in percent.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -157,16 +157,7 @@ impl KnnEvaluator {
         embed: &dyn Fn(Tensor<4>) -> Tensor<2>,
         probe: Option<&TestProbe<'_>>,
     ) -> anyhow::Result<KnnEvaluation> {
-        let features = |source| {
-            extract_features(
-                source,
-                &self.transform,
-                self.batch_size,
-                &self.device,
-                &self.skip,
-                embed,
-            )
-        };
+        let features = |source| self.features(source, embed);
         let (bank, test) = (features(&self.bank)?.normalized(), features(&self.test)?);
         let test_labels = labels(&self.test, test.labels, test.indices, "kNN test")?;
         let probed = probe
@@ -190,6 +181,21 @@ impl KnnEvaluator {
         })
     }
 
+    fn features(
+        &self,
+        source: &Arc<dyn ImageSource>,
+        embed: &dyn Fn(Tensor<4>) -> Tensor<2>,
+    ) -> anyhow::Result<FeatureSet> {
+        extract_features(
+            source,
+            &self.transform,
+            self.batch_size,
+            &self.device,
+            &self.skip,
+            embed,
+        )
+    }
+
     /// kNN of a trunk, which must be in evaluation mode on `self.device`.
     pub fn evaluate(&self, trunk: &ResNet) -> anyhow::Result<KnnResult> {
         self.evaluate_with(&|x| trunk.forward(x))
@@ -202,6 +208,54 @@ impl KnnEvaluator {
             x.reshape([n, c * h * w])
         })
     }
+
+    /// The strongest simple pixel baseline: cosine kNN of pixels centred on the bank's mean
+    /// image, with `k` neighbours (5 in `sce-train knn`). On centred, aligned images such as
+    /// Fashion-MNIST's this is a far higher bar than raw pixels under the k = 200 protocol
+    /// (86.5 % against 78.9 %), so a trained network is shown beside both.
+    pub fn evaluate_centred_pixels(&self, k: usize) -> anyhow::Result<KnnResult> {
+        let pixels = |x: Tensor<4>| {
+            let [n, c, h, w] = x.dims();
+            x.reshape([n, c * h * w])
+        };
+        let bank = self.features(&self.bank, &pixels)?;
+        let test = self.features(&self.test, &pixels)?;
+        let bank_labels = labels(&self.bank, bank.labels, bank.indices, "kNN bank")?;
+        let test_labels = labels(&self.test, test.labels, test.indices, "kNN test")?;
+        centred_knn(
+            bank.features,
+            &bank_labels,
+            test.features,
+            &test_labels,
+            k,
+            self.temperature,
+            self.classes(),
+        )
+    }
+}
+
+/// Weighted cosine kNN after subtracting the bank's mean feature from bank and queries alike
+/// (features unnormalised on entry).
+pub fn centred_knn(
+    bank: Tensor<2>,
+    bank_labels: &[usize],
+    queries: Tensor<2>,
+    query_labels: &[usize],
+    k: usize,
+    temperature: f64,
+    classes: usize,
+) -> anyhow::Result<KnnResult> {
+    let mean = bank.clone().mean_dim(0);
+    let centre = |x: Tensor<2>| sce_model::l2_normalize(x - mean.clone());
+    knn_classify(
+        centre(bank),
+        bank_labels,
+        centre(queries),
+        query_labels,
+        k,
+        temperature,
+        classes,
+    )
 }
 
 #[cfg(test)]
@@ -258,6 +312,32 @@ mod tests {
         assert_eq!(rank_of_truth(&[0.0, 0.0, 0.0], 0), 2);
         assert_eq!(rank_of_truth(&[1.0, 2.0, 2.0], 1), 1);
         assert_eq!(rank_of_truth(&[1.0, 3.0, 2.0], 1), 0);
+    }
+
+    /// Bank points on one ray from the origin are all at cosine 1 from each other: raw cosine
+    /// kNN sees only ties (0 %). Centred on the bank's mean, the near and far classes point
+    /// opposite ways and every query finds its own.
+    #[test]
+    fn centring_separates_what_raw_cosine_cannot() {
+        let device = Device::default();
+        // Powers of two: the normalised vectors are identical to the last bit.
+        let bank = rows(&[[1.0, 1.0], [2.0, 2.0], [4.0, 4.0], [8.0, 8.0]], &device);
+        let labels = [0, 0, 1, 1];
+        let queries = rows(&[[2.0, 2.0], [8.0, 8.0]], &device);
+        let truth = [0, 1];
+        let raw = knn_classify(
+            sce_model::l2_normalize(bank.clone()),
+            &labels,
+            sce_model::l2_normalize(queries.clone()),
+            &truth,
+            4,
+            0.1,
+            2,
+        )
+        .unwrap();
+        assert_eq!(raw.top1, 0.0);
+        let centred = centred_knn(bank, &labels, queries, &truth, 4, 0.1, 2).unwrap();
+        assert_eq!(centred.top1, 100.0);
     }
 
     #[test]

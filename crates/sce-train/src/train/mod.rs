@@ -732,6 +732,13 @@ pub fn load_run(run_dir: &std::path::Path, device: &Device) -> anyhow::Result<Tr
             file.display()
         )
     })?;
+    if let Some(path) = sce_model::params::first_non_finite(&model) {
+        anyhow::bail!(
+            "the checkpoint at step {step} in {} holds NaN or infinite values in `{path}`: a \
+             diverged or damaged network is neither scored nor exported",
+            dir.display()
+        );
+    }
     Ok(TrainedRun {
         config,
         model,

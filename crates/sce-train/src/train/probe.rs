@@ -92,6 +92,11 @@ impl OnlineProbe {
         Ok(100.0 * topk_correct(logits, labels).0 as f64 / labels.len() as f64)
     }
 
+    /// The path of the classifier's first tensor holding NaN or an infinity, if any.
+    pub fn first_non_finite(&self) -> Option<String> {
+        sce_model::params::first_non_finite(self.classifier())
+    }
+
     /// The classifier's weights and its optimizer's state, to be checkpointed.
     pub fn records(&self) -> (ModuleRecord, OptimizerRecord) {
         (

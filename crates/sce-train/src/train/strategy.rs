@@ -24,7 +24,7 @@ use burn::train::{
     TrainingItem, ValidLoader,
 };
 use sce_data::ViewLoader;
-use sce_model::params::sync_buffers;
+use sce_model::params::{first_non_finite, sync_buffers};
 
 use super::checkpoint::{
     Manifest, RecordInfo, SaveLog, delete_checkpoint, record_path, state_path, write_atomic,
@@ -133,6 +133,28 @@ impl SceStrategy {
         Ok(written)
     }
 
+    /// Refuses a state holding NaN or infinite values anywhere (online and target networks with
+    /// their BatchNorm statistics, queue, probe): a diverged run must not be saved, scored or
+    /// summarised as a result, even when its loss still reads finite.
+    fn ensure_finite(
+        &self,
+        model: &SceModel,
+        step: usize,
+        dir: &std::path::Path,
+    ) -> anyhow::Result<()> {
+        let probe = || self.probe.as_ref()?.lock().unwrap().first_non_finite();
+        let Some(path) = first_non_finite(model).or_else(|| probe().map(|p| format!("probe.{p}")))
+        else {
+            return Ok(());
+        };
+        Err(anyhow!(
+            "the training state diverged: `{path}` holds NaN or infinite values at step {step}. \
+             Training stopped without saving this state; the last finite checkpoint in {} is \
+             kept. Lower optim.lr or check the data",
+            dir.display()
+        ))
+    }
+
     /// Saves a checkpoint and returns only once it is complete and durable: Burn's threads
     /// write the records, this waits for each one's outcome, then writes the manifest. Only
     /// then are checkpoints older than the newest two deleted. Any failure ends the run.
@@ -152,6 +174,7 @@ impl SceStrategy {
         state.queue_ptr = model.queue.ptr();
         let step = state.global_step;
         let dir = self.run.checkpoints();
+        self.ensure_finite(&model, step, &dir)?;
         let not_saved =
             |e: anyhow::Error| anyhow!("cannot save the checkpoint at step {step}: {e:#}");
         checkpointer.checkpoint(learner, step, store);
@@ -244,6 +267,9 @@ impl SceStrategy {
 
             let last = epoch + 1 == self.epochs;
             let evaluation = if last || (epoch + 1).is_multiple_of(self.knn_every) {
+                let model = learner.model();
+                sync_buffers(&model);
+                self.ensure_finite(&model, state.global_step, &self.run.checkpoints())?;
                 self.knn(learner, true, (state.global_step, epoch + 1))?
             } else {
                 None
