@@ -377,21 +377,23 @@ fn ctrl_c_saves_mid_epoch_and_resume_is_exact() {
     assert_eq!(a["probe_train_top1"], b["probe_train_top1"]);
 }
 
-#[test]
-fn a_non_finite_loss_stops_the_run_and_names_the_step() {
-    let Some(data) = common::data_dir("a_non_finite_loss_stops_the_run") else {
+/// The tiny run at learning rate `lr` must stop with exit 1 and `messages`, leaving neither a
+/// summary nor a checkpoint of the diverged state.
+fn assert_divergence_is_no_result(test: &str, lr: &str, messages: &[&str]) {
+    let Some(data) = common::data_dir(test) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
+    let lr = format!("optim.lr={lr}");
     let out = tiny(
         &data,
         &run,
-        &["--set", "optim.lr=1e30", "--set", "optim.warmup_epochs=0"],
+        &["--set", &lr, "--set", "optim.warmup_epochs=0"],
     )
     .output()
     .unwrap();
-    assert_clean_failure(&out, 1, &["loss became", "at step", "last good checkpoint"]);
+    assert_clean_failure(&out, 1, messages);
     assert!(!run.join("summary.json").exists());
     assert!(
         state_files(&run).is_empty(),
@@ -399,35 +401,27 @@ fn a_non_finite_loss_stops_the_run_and_names_the_step() {
     );
 }
 
+#[test]
+fn a_non_finite_loss_stops_the_run_and_names_the_step() {
+    assert_divergence_is_no_result(
+        "a_non_finite_loss_stops_the_run",
+        "1e30",
+        &["loss became", "at step", "last good checkpoint"],
+    );
+}
+
 /// A learning rate far too high drives BatchNorm's running variances to infinity while the loss
 /// stays finite: the state check stops the run before it is scored, saved or summarised.
 #[test]
 fn a_diverged_state_with_a_finite_loss_is_no_result() {
-    let Some(data) = common::data_dir("a_diverged_state_with_a_finite_loss_is_no_result") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
-    let out = tiny(
-        &data,
-        &run,
-        &["--set", "optim.lr=100000", "--set", "optim.warmup_epochs=0"],
-    )
-    .output()
-    .unwrap();
-    assert_clean_failure(
-        &out,
-        1,
+    assert_divergence_is_no_result(
+        "a_diverged_state_with_a_finite_loss_is_no_result",
+        "100000",
         &[
             "NaN or infinite values",
             "at step",
             "last finite checkpoint",
         ],
-    );
-    assert!(!run.join("summary.json").exists());
-    assert!(
-        state_files(&run).is_empty(),
-        "no checkpoint of a diverged state"
     );
 }
 
