@@ -41,11 +41,13 @@ pub fn count_parameters<M: Module>(module: &M) -> usize {
 /// The path of the first float tensor of `module` holding NaN or an infinity, BatchNorm
 /// statistics included: a diverged run can keep a finite loss while its running variances are
 /// infinite, and ReLU hides NaN weights from the features, so the state itself is checked
-/// before it is saved, evaluated or exported. Call [`sync_buffers`] first.
+/// before it is saved, evaluated or exported. Call [`sync_buffers`] first. The values are read
+/// on the host: a few megabytes at checkpoint time, and no long device reduction (software
+/// Vulkan sums long rows wrongly, docs/backends.md).
 pub fn first_non_finite<M: Module>(module: &M) -> Option<String> {
     named_tensors(module)
         .into_iter()
-        .find(|(_, t)| !t.clone().is_finite().all().into_scalar::<bool>())
+        .find(|(_, t)| t.clone().into_data().iter::<f32>().any(|v| !v.is_finite()))
         .map(|(path, _)| path)
 }
 
