@@ -76,7 +76,7 @@ struct KnnReport {
 }
 
 /// Neighbours of the centred-pixel baseline: few, as pixel distance is only trustworthy close
-/// by (on Fashion-MNIST k = 5 scores 86.5 % where k = 200 scores 78.9 %).
+/// by (on Fashion-MNIST's full test set k = 5 scores 86.77 % where k = 200 scores 81.78 %).
 const CENTRED_PIXELS_K: usize = 5;
 
 impl KnnCmd {

@@ -77,7 +77,9 @@ impl Walk {
         let real = path.canonicalize().map_err(DataError::io(path))?;
         match &self.class {
             Some(class) if !real.starts_with(class) => Err(DataError::Config(format!(
-                "{} leads to {}, outside its class folder {}: its images would be labelled                  with the wrong class. Replace the link by the files, or move it into the class                  its images belong to",
+                "{} leads to {}, outside its class folder {}: its images would be labelled \
+                 with the wrong class. Replace the link by the files, or move it into the class \
+                 its images belong to",
                 path.display(),
                 real.display(),
                 class.display()

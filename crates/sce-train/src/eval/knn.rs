@@ -203,30 +203,22 @@ impl KnnEvaluator {
 
     /// The same protocol on raw (normalised) pixels: the floor a representation should beat.
     pub fn evaluate_pixels(&self) -> anyhow::Result<KnnResult> {
-        self.evaluate_with(&|x: Tensor<4>| {
-            let [n, c, h, w] = x.dims();
-            x.reshape([n, c * h * w])
-        })
+        self.evaluate_with(&pixels)
     }
 
     /// The strongest simple pixel baseline: cosine kNN of pixels centred on the bank's mean
     /// image, with `k` neighbours (5 in `sce-train knn`). On centred, aligned images such as
     /// Fashion-MNIST's this is a far higher bar than raw pixels under the k = 200 protocol
-    /// (86.5 % against 78.9 %), so a trained network is shown beside both.
+    /// (86.77 % against 81.78 % on the full test set), so a trained network is shown beside both.
     pub fn evaluate_centred_pixels(&self, k: usize) -> anyhow::Result<KnnResult> {
-        let pixels = |x: Tensor<4>| {
-            let [n, c, h, w] = x.dims();
-            x.reshape([n, c * h * w])
-        };
         let bank = self.features(&self.bank, &pixels)?;
         let test = self.features(&self.test, &pixels)?;
-        let bank_labels = labels(&self.bank, bank.labels, bank.indices, "kNN bank")?;
-        let test_labels = labels(&self.test, test.labels, test.indices, "kNN test")?;
-        centred_knn(
-            bank.features,
-            &bank_labels,
-            test.features,
-            &test_labels,
+        let (bank_features, test_features) = centred_on_bank(bank.features, test.features);
+        knn_classify(
+            bank_features,
+            &labels(&self.bank, bank.labels, bank.indices, "kNN bank")?,
+            test_features,
+            &labels(&self.test, test.labels, test.indices, "kNN test")?,
             k,
             self.temperature,
             self.classes(),
@@ -234,28 +226,18 @@ impl KnnEvaluator {
     }
 }
 
-/// Weighted cosine kNN after subtracting the bank's mean feature from bank and queries alike
-/// (features unnormalised on entry).
-pub fn centred_knn(
-    bank: Tensor<2>,
-    bank_labels: &[usize],
-    queries: Tensor<2>,
-    query_labels: &[usize],
-    k: usize,
-    temperature: f64,
-    classes: usize,
-) -> anyhow::Result<KnnResult> {
+/// Images as flat pixel vectors: the features of the pixel baselines.
+fn pixels(x: Tensor<4>) -> Tensor<2> {
+    let [n, c, h, w] = x.dims();
+    x.reshape([n, c * h * w])
+}
+
+/// Bank and query features with the bank's mean subtracted from both, L2-normalised: what
+/// cosine kNN compares for the centred-pixel baseline.
+pub fn centred_on_bank(bank: Tensor<2>, queries: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
     let mean = bank.clone().mean_dim(0);
     let centre = |x: Tensor<2>| sce_model::l2_normalize(x - mean.clone());
-    knn_classify(
-        centre(bank),
-        bank_labels,
-        centre(queries),
-        query_labels,
-        k,
-        temperature,
-        classes,
-    )
+    (centre(bank), centre(queries))
 }
 
 #[cfg(test)]
@@ -336,7 +318,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(raw.top1, 0.0);
-        let centred = centred_knn(bank, &labels, queries, &truth, 4, 0.1, 2).unwrap();
+        let (bank, queries) = centred_on_bank(bank, queries);
+        let centred = knn_classify(bank, &labels, queries, &truth, 4, 0.1, 2).unwrap();
         assert_eq!(centred.top1, 100.0);
     }
 

@@ -6,7 +6,7 @@ mod knn;
 mod linear;
 
 pub use features::{FeatureSet, extract_features};
-pub use knn::{KnnEvaluation, KnnEvaluator, KnnResult, TestProbe, centred_knn, knn_classify};
+pub use knn::{KnnEvaluation, KnnEvaluator, KnnResult, TestProbe, centred_on_bank, knn_classify};
 pub(crate) use linear::topk_correct;
 pub use linear::{
     LinearEpoch, LinearProbe, LinearProtocol, TestAccuracy, test_linear, train_linear,
