@@ -76,6 +76,9 @@ fn bad_override_values_are_named() {
     // Divisibility: the queue must take whole batches of keys.
     let out = tiny(&["--set", "method.queue_size=1000"]);
     assert_clean_failure(&out, 2, &["method.queue_size", "multiple"]);
+    // A key the chosen pairing would ignore is refused, not silently recorded.
+    let out = tiny(&["--set", "method.global_views=3"]);
+    assert_clean_failure(&out, 2, &["method.global_views", "asymmetric"]);
     // Malformed override.
     let out = tiny(&["--set", "noequals"]);
     assert_clean_failure(&out, 2, &["section.key=value"]);

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -330,6 +331,258 @@ fn sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run() {
             .lines()
             .count()
     );
+}
+
+/// `pretrain --resume RUN` started in the background.
+fn spawn_resume(data: &Path, run: &Path) -> Child {
+    sce_train()
+        .args(["pretrain", "--json", "--resume"])
+        .arg(run)
+        .arg("--data-dir")
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Every tensor of a record file by name, sorted, with the parameter ids (drawn per process)
+/// that optimizer state is keyed by replaced with the parameter's path from `ids`.
+fn record_tensors(file: &Path, ids: &HashMap<u64, String>) -> Vec<(String, Vec<u8>)> {
+    let mut tensors: Vec<(String, Vec<u8>)> = burn_pack::Reader::from_file(file)
+        .unwrap()
+        .into_tensors()
+        .unwrap()
+        .into_iter()
+        .map(|t| {
+            let (name, _, _, _, bytes) = t.into_parts().unwrap();
+            let name = match name.split_once('.') {
+                Some((id, rest)) => match id.parse().ok().and_then(|id: u64| ids.get(&id)) {
+                    Some(path) => format!("{path}.{rest}"),
+                    None => name,
+                },
+                None => name,
+            };
+            (name, bytes.to_vec())
+        })
+        .collect();
+    tensors.sort();
+    tensors
+}
+
+/// Parameter id → path, from a module record.
+fn param_paths(file: &Path) -> HashMap<u64, String> {
+    burn_pack::Reader::from_file(file)
+        .unwrap()
+        .into_tensors()
+        .unwrap()
+        .into_iter()
+        .filter_map(|t| Some((t.param_id?, t.name.clone())))
+        .collect()
+}
+
+/// Killed with SIGKILL at several moments in a row (drawn from a fixed seed: before the first
+/// checkpoint, mid-epoch, during evaluation or a save, wherever they fall) and resumed each
+/// time, a run ends bit-identical to the uninterrupted one: every tensor of its final model,
+/// optimizer and probe records, and every loss and accuracy of metrics.csv.
+#[test]
+fn killed_again_and_again_a_run_ends_bit_identical() {
+    let Some(data) = common::data_dir("killed_again_and_again") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let epochs = ["--epochs", "3"];
+    let full = dir.path().join("full");
+    let out = tiny(&data, &full, &epochs).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let killed = dir.path().join("killed");
+    let mut child = tiny(&data, &killed, &epochs)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&killed.join("config.toml"), &mut child);
+    // A fixed xorshift sequence: the same moments on every run of the test.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut kills = Vec::new();
+    for _ in 0..4 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let delay = Duration::from_millis(300 + state % 2500);
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills.push(delay);
+        }
+        child.wait().unwrap();
+        if killed.join("summary.json").exists() {
+            break;
+        }
+        child = spawn_resume(&data, &killed);
+    }
+    child.wait().unwrap();
+    assert!(
+        kills.len() >= 2,
+        "killed only {kills:?}: the moments fall after the run's end"
+    );
+    if !killed.join("summary.json").exists() {
+        let out = resume(&data, &killed);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
+    let last = |run: &Path| checkpoint_step(state_files(run).last().unwrap()).unwrap();
+    let step = last(&full);
+    assert_eq!(last(&killed), step, "killed at {kills:?}");
+    let file = |run: &Path, record: &str| run.join(format!("checkpoints/{record}-{step}.bpk"));
+    for (record, module) in [
+        ("model", "model"),
+        ("optim", "model"),
+        ("probe", "probe"),
+        ("probe_optim", "probe"),
+    ] {
+        let (a, b) = (
+            record_tensors(&file(&full, record), &param_paths(&file(&full, module))),
+            record_tensors(&file(&killed, record), &param_paths(&file(&killed, module))),
+        );
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert!(
+                x == y,
+                "{record}-{step}.bpk: `{}` differs after kills at {kills:?}",
+                x.0
+            );
+        }
+    }
+    // metrics.csv without its timing columns (images per second, seconds).
+    let figures = |run: &Path| -> Vec<String> {
+        std::fs::read_to_string(run.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.rsplitn(3, ',').nth(2).unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(figures(&full), figures(&killed), "killed at {kills:?}");
+}
+
+/// A checkpoint whose weights hold a NaN but whose manifest was rewritten to match (so its
+/// bytes look intact) is neither scored nor resumed: `knn` and `--resume` name the file and
+/// the tensor and use the checkpoint before it. A run whose `config.toml` was deleted gets it
+/// back from its checkpoints; when every checkpoint is damaged, the error says so.
+#[test]
+fn a_tampered_non_finite_checkpoint_is_refused_by_name() {
+    let Some(data) = common::data_dir("a_tampered_non_finite_checkpoint") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = tiny(&data, &run, &[]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let step = checkpoint_step(state_files(&run).last().unwrap()).unwrap();
+    // One convolution weight set to NaN, written back as Burn writes records.
+    let file = run.join(format!("checkpoints/model-{step}.bpk"));
+    let tensors: Vec<burn_pack::Tensor> = burn_pack::Reader::from_file(&file)
+        .unwrap()
+        .into_tensors()
+        .unwrap();
+    let mut victim = None;
+    let tensors: Vec<burn_pack::Tensor> = tensors
+        .into_iter()
+        .map(|t| {
+            let (name, dtype, shape, id, bytes) = t.into_parts().unwrap();
+            let mut bytes = bytes.to_vec();
+            if victim.is_none() && name.contains("conv") && dtype == burn_pack::DType::F32 {
+                bytes[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+                victim = Some(name.clone());
+            }
+            burn_pack::Tensor::new(
+                name,
+                dtype,
+                shape,
+                id,
+                burn_pack::Bytes::from_bytes_vec(bytes),
+            )
+        })
+        .collect();
+    let victim = victim.expect("a convolution weight");
+    let bytes = burn_pack::Writer::new(tensors)
+        .into_bytes()
+        .unwrap()
+        .to_vec();
+    std::fs::write(&file, &bytes).unwrap();
+    let manifest_path = run.join(format!("checkpoints/state-{step}.json"));
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    manifest["records"]["model"] = serde_json::json!({
+        "bytes": bytes.len(),
+        "crc32": crc32fast::hash(&bytes),
+    });
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+
+    let knn = |run: &Path| {
+        sce_train()
+            .args([
+                "knn",
+                "--json",
+                "--bank-limit",
+                "200",
+                "--test-limit",
+                "100",
+            ])
+            .arg("--checkpoint")
+            .arg(run)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    let out = knn(&run);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("model-{step}.bpk")) && err.contains(&victim) && err.contains("NaN"),
+        "{err}"
+    );
+    let report = json_line(&out);
+    assert!(report["step"].as_u64().unwrap() < step as u64, "{report}");
+
+    let out = resume(&data, &run);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&victim) && err.contains("using the previous one"),
+        "{err}"
+    );
+    assert!(
+        run.join(format!("checkpoints/state-{step}.json")).exists(),
+        "retrained to the end"
+    );
+
+    // A lost config.toml comes back from the newest checkpoint's manifest.
+    std::fs::remove_file(run.join("config.toml")).unwrap();
+    let out = knn(&run);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("config.toml was missing; restored it"),
+        "{err}"
+    );
+    assert!(run.join("config.toml").is_file());
+
+    // Every checkpoint damaged: an error that says so (not "train it first").
+    for step in complete(&run) {
+        std::fs::write(run.join(format!("checkpoints/model-{step}.bpk")), b"").unwrap();
+    }
+    assert_clean_failure(&knn(&run), 1, &["every checkpoint", "is damaged"]);
+}
+
+/// The steps of a run's checkpoints.
+fn complete(run: &Path) -> Vec<usize> {
+    state_files(run)
+        .iter()
+        .filter_map(|p| checkpoint_step(p))
+        .collect()
 }
 
 #[test]
@@ -736,6 +989,54 @@ fn small_folder_run(data: &Path, output: &Path) -> std::process::Command {
         .args(["--set", "model.width=4", "--set", "augment.size=32"])
         .args(["--set", "method.queue_size=64"]);
     cmd
+}
+
+/// Paths need not be UTF-8: a Latin-1 dataset folder, run directory and `embed --input`
+/// folder work end to end (the run's reports write such names with U+FFFD), and the summary
+/// records which data folder the run read.
+#[cfg(unix)]
+#[test]
+fn latin1_paths_work_everywhere() {
+    use std::os::unix::ffi::OsStrExt;
+    let latin1 = |name: &[u8]| std::ffi::OsStr::from_bytes(name).to_os_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join(latin1(b"donn\xe9es"));
+    class_ordered_folder(&data);
+    let run = dir.path().join(latin1(b"r\xe9sultat"));
+    let out = small_folder_run(&data, &run)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let summary = json_line(&out);
+    assert!(
+        summary["run_dir"]
+            .as_str()
+            .unwrap()
+            .ends_with("r\u{fffd}sultat"),
+        "{summary}"
+    );
+    assert!(
+        summary["data_dir"]
+            .as_str()
+            .unwrap()
+            .ends_with("donn\u{fffd}es"),
+        "{summary}"
+    );
+    assert!(err.contains("data: folder from"), "{err}");
+
+    let out = sce_train()
+        .args(["embed", "--json", "--checkpoint"])
+        .arg(&run)
+        .arg("--input")
+        .arg(data.join("val"))
+        .arg("--output")
+        .arg(run.join("embeddings.safetensors"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json_line(&out)["images"], 20);
 }
 
 /// Limits take seeded, class-stratified subsets: the training subset and the kNN bank of a

@@ -22,13 +22,18 @@ pub enum Unpack {
     Zip,
 }
 
-/// One file of a dataset and its md5.
+/// One file of a dataset, its md5, and the most bytes a download of it may take: about 1.2×
+/// the published size, so a server sending an endless or wrong body is cut off before it fills
+/// the disk, while a re-compressed mirror copy (a few bytes more) still passes to the md5 check.
 #[derive(Clone, Copy, Debug)]
 pub struct RemoteFile {
     pub name: &'static str,
     pub md5: &'static str,
+    pub max_bytes: u64,
     pub unpack: Unpack,
 }
+
+const MB: u64 = 1 << 20;
 
 /// Where a dataset can be downloaded from: base URLs tried in order, and its files.
 #[derive(Clone, Copy, Debug)]
@@ -37,10 +42,11 @@ pub struct Remote {
     pub files: &'static [RemoteFile],
 }
 
-const fn keep(name: &'static str, md5: &'static str) -> RemoteFile {
+const fn keep(name: &'static str, md5: &'static str, max_bytes: u64) -> RemoteFile {
     RemoteFile {
         name,
         md5,
+        max_bytes,
         unpack: Unpack::Keep,
     }
 }
@@ -49,18 +55,22 @@ const MNIST_FILES: &[RemoteFile] = &[
     keep(
         "train-images-idx3-ubyte.gz",
         "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        12 * MB,
     ),
     keep(
         "train-labels-idx1-ubyte.gz",
         "d53e105ee54ea40749a09fcbcd1e9432",
+        MB / 16,
     ),
     keep(
         "t10k-images-idx3-ubyte.gz",
         "9fb629c4189551a2d022fa330f9573f3",
+        2 * MB,
     ),
     keep(
         "t10k-labels-idx1-ubyte.gz",
         "ec29112dd5afa0611ce80d1b7f02629c",
+        MB / 64,
     ),
 ];
 
@@ -68,18 +78,22 @@ const FASHION_MNIST_FILES: &[RemoteFile] = &[
     keep(
         "train-images-idx3-ubyte.gz",
         "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        32 * MB,
     ),
     keep(
         "train-labels-idx1-ubyte.gz",
         "25c81989df183df01b3e8a0aad5dffbe",
+        MB / 16,
     ),
     keep(
         "t10k-images-idx3-ubyte.gz",
         "bef4ecab320f06d8554ea6380940ec79",
+        6 * MB,
     ),
     keep(
         "t10k-labels-idx1-ubyte.gz",
         "bb300cfdad3c16e7a12a480ee83cd310",
+        MB / 64,
     ),
 ];
 
@@ -106,6 +120,7 @@ pub fn remote(kind: DatasetKind) -> Option<Remote> {
             files: &[RemoteFile {
                 name: "cifar-10-binary.tar.gz",
                 md5: "c32a1d4ab5d03f1284b67883e8d87530",
+                max_bytes: 200 * MB,
                 unpack: Unpack::TarGz,
             }],
         },
@@ -114,6 +129,7 @@ pub fn remote(kind: DatasetKind) -> Option<Remote> {
             files: &[RemoteFile {
                 name: "cifar-100-binary.tar.gz",
                 md5: "03b5dce01913d631647c71ecec9e9cb8",
+                max_bytes: 200 * MB,
                 unpack: Unpack::TarGz,
             }],
         },
@@ -122,6 +138,7 @@ pub fn remote(kind: DatasetKind) -> Option<Remote> {
             files: &[RemoteFile {
                 name: "stl10_binary.tar.gz",
                 md5: "91f7769df0f17e558f3565bffb0c7dfb",
+                max_bytes: 3000 * MB,
                 unpack: Unpack::TarGz,
             }],
         },
@@ -130,6 +147,7 @@ pub fn remote(kind: DatasetKind) -> Option<Remote> {
             files: &[RemoteFile {
                 name: "tiny-imagenet-200.zip",
                 md5: "90528d7ca1a48142e341f4ef8d21d0de",
+                max_bytes: 290 * MB,
                 unpack: Unpack::Zip,
             }],
         },
@@ -180,20 +198,23 @@ pub fn download_file(
     url: &str,
     dest: &Path,
     md5: &str,
+    max_bytes: u64,
     progress: Progress,
 ) -> Result<(), DataError> {
-    download_file_with(url, dest, md5, progress, IDLE_TIMEOUT)
+    download_file_with(url, dest, md5, max_bytes, progress, IDLE_TIMEOUT)
 }
 
 /// Downloads `url` to `dest` if its md5 is `md5`. The bytes go to [`partial_path`], which is
 /// renamed only after the checksum matched. A transfer that receives nothing for `idle` (not
 /// a total budget: a slow link is fine) stops with an error and keeps the partial file; the
 /// next call continues it with an HTTP Range request (or starts over if the server ignores
-/// ranges). A complete file with the wrong checksum is removed.
+/// ranges). A complete file with the wrong checksum is removed, and so is one that grows past
+/// `max_bytes` (a server sending an endless or wrong body).
 pub fn download_file_with(
     url: &str,
     dest: &Path,
     md5: &str,
+    max_bytes: u64,
     progress: Progress,
     idle: Duration,
 ) -> Result<(), DataError> {
@@ -230,6 +251,16 @@ pub fn download_file_with(
         .and_then(|v| v.parse::<u64>().ok());
     let start = if resumed { offset } else { 0 };
     let total = length.map(|l| l + start);
+    let too_big = |bytes: u64| {
+        let _ = std::fs::remove_file(&part);
+        fail(format!(
+            "the server sends {bytes} bytes or more, but the file has at most {max_bytes}; \
+             the mirror serves something else (partial file removed)"
+        ))
+    };
+    if let Some(total) = total.filter(|&t| t > max_bytes) {
+        return Err(too_big(total));
+    }
     let mut reader = response.into_body().into_reader();
     let mut file = std::fs::File::options()
         .create(true)
@@ -237,7 +268,7 @@ pub fn download_file_with(
         .append(resumed)
         .truncate(!resumed)
         .open(&part)
-        .map_err(DataError::io(&part))?;
+        .map_err(DataError::write(&part))?;
     let mut buf = vec![0u8; 1 << 16];
     let mut received = start;
     progress(url, received, total);
@@ -252,11 +283,15 @@ pub fn download_file_with(
         if n == 0 {
             break;
         }
-        file.write_all(&buf[..n]).map_err(DataError::io(&part))?;
         received += n as u64;
+        if received > max_bytes {
+            drop(file);
+            return Err(too_big(received));
+        }
+        file.write_all(&buf[..n]).map_err(DataError::write(&part))?;
         progress(url, received, total);
     }
-    file.sync_all().map_err(DataError::io(&part))?;
+    file.sync_all().map_err(DataError::write(&part))?;
     drop(file);
     finish(&part, dest, md5)
 }
@@ -272,7 +307,7 @@ fn finish(part: &Path, dest: &Path, md5: &str) -> Result<(), DataError> {
             actual,
         });
     }
-    std::fs::rename(part, dest).map_err(DataError::io(dest))
+    std::fs::rename(part, dest).map_err(DataError::write(dest))
 }
 
 /// Downloads every file of `remote` into `dir` (trying each base URL in turn) and unpacks
@@ -295,7 +330,8 @@ pub fn fetch(
         if !already {
             let mut errors = Vec::new();
             for base in &bases {
-                match download_file(&format!("{base}{}", file.name), &dest, file.md5, progress) {
+                let url = format!("{base}{}", file.name);
+                match download_file(&url, &dest, file.md5, file.max_bytes, progress) {
                     Ok(()) => {
                         errors.clear();
                         break;

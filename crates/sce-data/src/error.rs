@@ -11,6 +11,13 @@ pub enum DataError {
         #[source]
         source: std::io::Error,
     },
+    /// Writing failed: a full disk, a read-only folder, a quota.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// A file that exists but does not hold what its format promises.
     #[error("{path} is corrupt: {detail}")]
     Corrupt { path: PathBuf, detail: String },
@@ -38,6 +45,14 @@ pub enum DataError {
 impl DataError {
     pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
         move |source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Like [`io`](Self::io), for writes: the message must not say "read" of a full disk.
+    pub(crate) fn write(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
+        move |source| DataError::Write {
             path: path.to_path_buf(),
             source,
         }

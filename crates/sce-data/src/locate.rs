@@ -1,6 +1,7 @@
 //! Finding a dataset on disk, fetching it when allowed.
 //!
-//! Search order: `--data-dir` (the folder itself or its `<dataset>/` subfolder), then
+//! Search order: `--data-dir` (the folder itself or its `<dataset>/` subfolder) alone when it is
+//! given (a folder named on the command line is never silently replaced by another), else
 //! `$SCE_DATA_DIR/<dataset>`, then the per-user cache (`~/.cache/sce-rs/<dataset>` on Linux),
 //! then for Fashion-MNIST the Debian package's `/usr/share/datasets/fashion-mnist`. If none
 //! holds the files and the dataset has a canonical address, it is downloaded into
@@ -40,7 +41,7 @@ impl Locator {
         }
     }
 
-    /// Candidate folders in search order.
+    /// Candidate folders in search order: only `--data-dir`'s when it is given.
     pub fn candidates(&self, kind: DatasetKind) -> Vec<PathBuf> {
         let name = kind.dir_name();
         let mut out = Vec::new();
@@ -48,7 +49,7 @@ impl Locator {
             out.push(dir.join(name));
             out.push(dir.clone());
         }
-        if kind == DatasetKind::Folder {
+        if kind == DatasetKind::Folder || self.data_dir.is_some() {
             return out;
         }
         if let Some(dir) = &self.env_dir {
@@ -119,5 +120,30 @@ impl Locator {
                 kind.dir_name()
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An explicit `--data-dir` is the only place searched: an incomplete one is reported, not
+    /// silently replaced by `$SCE_DATA_DIR`'s copy.
+    #[test]
+    fn a_given_data_dir_is_searched_alone() {
+        let locator = Locator {
+            data_dir: Some("/given".into()),
+            env_dir: Some("/env".into()),
+            cache_dir: Some("/cache".into()),
+            ..Locator::default()
+        };
+        let given = locator.candidates(DatasetKind::Cifar10);
+        assert!(given.iter().all(|c| c.starts_with("/given")), "{given:?}");
+        let fallback = Locator {
+            data_dir: None,
+            ..locator
+        }
+        .candidates(DatasetKind::Cifar10);
+        assert!(fallback[0].starts_with("/env") && fallback[1].starts_with("/cache"));
     }
 }

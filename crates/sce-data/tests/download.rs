@@ -57,6 +57,7 @@ fn good_file_is_kept_and_corrupt_file_is_rejected() {
         &format!("{base}good.bin"),
         &dest,
         &expected,
+        1 << 20,
         &mut |_, n, _| seen = n,
     )
     .unwrap();
@@ -68,6 +69,7 @@ fn good_file_is_kept_and_corrupt_file_is_rejected() {
         &format!("{base}corrupt.bin"),
         &dest,
         &expected,
+        1 << 20,
         &mut |_, _, _| {},
     )
     .unwrap_err();
@@ -83,10 +85,53 @@ fn good_file_is_kept_and_corrupt_file_is_rejected() {
         &format!("{base}missing.bin"),
         &dir.path().join("m"),
         &expected,
+        1 << 20,
         &mut |_, _, _| {},
     )
     .unwrap_err();
     assert!(err.to_string().contains("missing.bin"), "{err}");
+}
+
+/// A body larger than the file can be (a mirror serving something else, or without end) is
+/// cut off at the file's size cap and its partial file removed; a download that cannot be
+/// written (here the partial file's name is taken by a folder, as a full disk would fail it)
+/// says "cannot write", not "cannot read".
+#[test]
+fn oversized_bodies_are_cut_off_and_write_failures_named() {
+    let body = vec![7u8; 4096];
+    let md5 = md5_of(&body);
+    let mut files = HashMap::new();
+    files.insert("big.bin".to_string(), body);
+    let base = serve(files);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("big.bin");
+    let err = download_file(
+        &format!("{base}big.bin"),
+        &dest,
+        &md5,
+        1000,
+        &mut |_, _, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("at most 1000"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing kept"
+    );
+
+    std::fs::create_dir(sce_data::download::partial_path(&dest)).unwrap();
+    let err = download_file(
+        &format!("{base}big.bin"),
+        &dest,
+        &md5,
+        1 << 20,
+        &mut |_, _, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("cannot write"), "{err}");
 }
 
 #[test]
@@ -133,6 +178,7 @@ fn archives_are_unpacked_and_mirrors_tried_in_order() {
             vec![RemoteFile {
                 name: "cifar-10-binary.tar.gz",
                 md5,
+                max_bytes: 1 << 20,
                 unpack: Unpack::TarGz,
             }]
             .into_boxed_slice(),
@@ -321,6 +367,7 @@ fn a_slow_steady_download_completes() {
         &url,
         &dest,
         &md5,
+        1 << 20,
         &mut |_, _, _| {},
         std::time::Duration::from_secs(1),
     )
@@ -347,7 +394,7 @@ fn a_stalled_download_is_abandoned_and_resumed() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("file.bin");
     let idle = std::time::Duration::from_secs(1);
-    let err = download_file_with(&url, &dest, &md5, &mut |_, _, _| {}, idle).unwrap_err();
+    let err = download_file_with(&url, &dest, &md5, 1 << 20, &mut |_, _, _| {}, idle).unwrap_err();
     assert!(err.to_string().contains("partial file"), "{err}");
     let part = sce_data::download::partial_path(&dest);
     let kept = std::fs::metadata(&part).unwrap().len();
@@ -355,7 +402,7 @@ fn a_stalled_download_is_abandoned_and_resumed() {
     assert!(!dest.exists());
 
     let mut last = 0;
-    download_file_with(&url, &dest, &md5, &mut |_, n, _| last = n, idle).unwrap();
+    download_file_with(&url, &dest, &md5, 1 << 20, &mut |_, n, _| last = n, idle).unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), data);
     assert_eq!(last, 65536, "progress counts the resumed bytes too");
     assert!(!part.exists());

@@ -40,6 +40,25 @@ fn a_stray_file_beside_class_folders_is_ignored_with_a_note() {
     );
 }
 
+/// An image lying directly beside the class folders has no class: it is left out with its own
+/// note, and the set stays labelled (it used to make the whole folder unlabelled).
+#[test]
+fn a_stray_image_beside_class_folders_keeps_the_set_labelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("train");
+    image(&train.join("cat/a.png"));
+    image(&train.join("dog/b.png"));
+    image(&train.join("stray.png"));
+    let set = open(dir.path(), Split::Train).unwrap();
+    assert_eq!(set.num_classes(), 2);
+    assert_eq!(labels(set.as_ref()), [Some(0), Some(1)]);
+    let notes = set.notes().join("\n");
+    assert!(
+        notes.contains("ignored 1 image(s)") && notes.contains("stray.png"),
+        "{notes}"
+    );
+}
+
 #[cfg(unix)]
 #[test]
 fn non_utf8_names_are_kept_and_symlink_loops_listed_once() {

@@ -275,6 +275,9 @@ struct StepReport {
     /// Seconds per step inside the GEMM convolution kernels: forward, input gradient, weight
     /// gradient (zero where they did not run: another device, or `SCE_CONV=burn`).
     conv_seconds_per_step: [f64; 3],
+    /// Seconds to check every tensor of the model (weights, BatchNorm statistics, queue) for
+    /// NaN or infinity, as the run does before each evaluation and checkpoint.
+    state_check_seconds: f64,
     /// The process's peak resident memory (Linux), MiB.
     peak_rss_mib: Option<f64>,
     device: String,
@@ -378,6 +381,12 @@ impl StepBench {
         let conv_seconds_per_step = std::array::from_fn(|i| {
             (conv_after[i] - conv_before[i]).as_secs_f64() / self.steps as f64
         });
+        let check = Instant::now();
+        let non_finite = sce_model::params::first_non_finite(&learner.model());
+        let state_check_seconds = check.elapsed().as_secs_f64();
+        if let Some(path) = non_finite {
+            anyhow::bail!("the benchmark's model diverged: `{path}` is not finite");
+        }
         let report = StepReport {
             bench: "step",
             model: self.model,
@@ -394,6 +403,7 @@ impl StepBench {
                 sce_model::NormKernels::Burn => "burn",
             },
             conv_seconds_per_step,
+            state_check_seconds,
             peak_rss_mib: peak_rss_mib(),
             device: format!("{device:?}"),
         };
@@ -406,6 +416,12 @@ impl StepBench {
             report
                 .peak_rss_mib
                 .map_or("unknown".into(), |m| format!("{m:.0} MiB")),
+        ));
+        console.line(format!(
+            "state check (every tensor finite, before each evaluation and checkpoint): {:.1} ms, \
+             {:.2} % of one step",
+            state_check_seconds * 1e3,
+            100.0 * state_check_seconds / report.seconds_per_step
         ));
         if self.common.json {
             println!("{}", serde_json::to_string(&report)?);

@@ -22,15 +22,25 @@ use crate::eval::{
 };
 use crate::options::{Common, at_least_one, positive_number};
 use crate::train::{
-    DataAccess, channels_of, eval_transform, fresh_model, knn_evaluator, limited, load_run,
-    normalization, write_atomic,
+    Console, DataAccess, channels_of, eval_transform, fresh_model, knn_evaluator, limited,
+    load_run, normalization, write_atomic,
 };
 
-/// A run's online trunk in evaluation mode on a plain (non-autodiff) device.
-fn trained_trunk(run: &Path, device: &Device) -> anyhow::Result<(TrainConfig, ResNet)> {
-    let run = load_run(run, device)?;
+/// The trunk of a run's newest intact checkpoint, with the run's configuration and the
+/// checkpoint's step (said on the console: an older one is used when newer ones are damaged).
+fn trained_trunk(
+    run_dir: &Path,
+    device: &Device,
+    console: &Console,
+) -> anyhow::Result<(TrainConfig, ResNet, usize)> {
+    let run = load_run(run_dir, device)?;
+    console.line(format!(
+        "using the checkpoint at step {} of {}",
+        run.step,
+        run_dir.display()
+    ));
     let trunk = run.model.valid().pair.online().trunk.clone();
-    Ok((run.config, trunk))
+    Ok((run.config, trunk, run.step))
 }
 
 pub(crate) fn print_json<T: Serialize>(common: &Common, value: &T) -> anyhow::Result<()> {
@@ -63,7 +73,10 @@ pub struct KnnCmd {
 
 #[derive(Serialize)]
 struct KnnReport {
+    #[serde(serialize_with = "crate::report::lossy_path")]
     run_dir: PathBuf,
+    /// The checkpoint scored (optimizer steps it was trained for).
+    step: usize,
     k: usize,
     temperature: f64,
     bank: usize,
@@ -83,7 +96,7 @@ impl KnnCmd {
     pub fn run(&self) -> anyhow::Result<()> {
         let console = self.common.console();
         let device = parse_device(&self.common.device)?;
-        let (mut config, trunk) = trained_trunk(&self.checkpoint, &device)?;
+        let (mut config, trunk, step) = trained_trunk(&self.checkpoint, &device, &console)?;
         config.eval.knn_k = self.k;
         config.eval.knn_temperature = self.temperature;
         config.eval.bank_limit = self.bank_limit.or(config.eval.bank_limit);
@@ -131,6 +144,7 @@ impl KnnCmd {
             &self.common,
             &KnnReport {
                 run_dir: self.checkpoint.clone(),
+                step,
                 k: self.k,
                 temperature: self.temperature,
                 bank: evaluator.bank.len(),
@@ -175,7 +189,10 @@ pub struct LinearCmd {
 
 #[derive(Serialize)]
 struct LinearReport {
+    #[serde(serialize_with = "crate::report::lossy_path")]
     run_dir: PathBuf,
+    /// The checkpoint evaluated (optimizer steps it was trained for).
+    step: usize,
     epochs: usize,
     batch_size: usize,
     lr: f64,
@@ -193,7 +210,7 @@ impl LinearCmd {
         let start = std::time::Instant::now();
         let console = self.common.console();
         let device = parse_device(&self.common.device)?;
-        let (config, trunk) = trained_trunk(&self.checkpoint, &device)?;
+        let (config, trunk, step) = trained_trunk(&self.checkpoint, &device, &console)?;
         let data = DataAccess::locate(&config, self.common.data_dir.clone(), &console)?;
         let seed = config.run.seed;
         let train = limited(
@@ -262,6 +279,7 @@ impl LinearCmd {
         .with_context(|| format!("linear evaluation of {}", run_dir.display()))?;
         let report = LinearReport {
             run_dir: run_dir.clone(),
+            step,
             epochs: protocol.epochs,
             batch_size: self.batch_size,
             lr: protocol.base_lr,
@@ -312,7 +330,7 @@ pub struct EmbedCmd {
     /// An image folder (class subfolders give labels), or a dataset name with an optional
     /// split: `fashion-mnist`, `cifar10:train`.
     #[arg(long, value_name = "DIR_OR_DATASET")]
-    pub input: String,
+    pub input: std::ffi::OsString,
     /// Where to write the embeddings (safetensors: `embeddings` [n, d], `labels` [n], image
     /// names in the metadata).
     #[arg(long, value_name = "FILE.safetensors")]
@@ -346,6 +364,7 @@ struct Neighbour {
 
 #[derive(Serialize)]
 struct EmbedReport {
+    #[serde(serialize_with = "crate::report::lossy_path")]
     output: PathBuf,
     images: usize,
     dim: usize,
@@ -355,8 +374,11 @@ struct EmbedReport {
 /// Images named on the command line: a folder (class subfolders give labels), or a dataset
 /// name with an optional split (`cifar10:train`; `default_split` otherwise), read with the
 /// channels of `config`.
+///
+/// A folder may have any name the file system allows (a Latin-1 name included); a dataset name
+/// is text.
 pub(crate) fn open_input(
-    input: &str,
+    input: &std::ffi::OsStr,
     default_split: &str,
     config: &TrainConfig,
     common: &Common,
@@ -370,6 +392,12 @@ pub(crate) fn open_input(
         }
         return Ok(Arc::new(folder));
     }
+    let Some(input) = input.to_str() else {
+        return Err(crate::error::usage(format!(
+            "--input `{}`: no such folder (and not a dataset name)",
+            path.display()
+        )));
+    };
     let (name, split) = input.split_once(':').unwrap_or((input, default_split));
     let kind: DatasetKind = name.parse().map_err(|e: String| {
         crate::error::usage(format!("--input `{input}`: not a folder, and {e}"))
@@ -390,7 +418,7 @@ impl EmbedCmd {
     pub fn run(&self) -> anyhow::Result<()> {
         let console = self.common.console();
         let device = parse_device(&self.common.device)?;
-        let (config, trunk) = trained_trunk(&self.checkpoint, &device)?;
+        let (config, trunk, _) = trained_trunk(&self.checkpoint, &device, &console)?;
         let source = self.source(&config)?;
         let transform = eval_transform(
             &config,

@@ -59,8 +59,11 @@ pub struct InputNormalization {
 #[derive(Debug, Serialize)]
 pub struct ExportInfo {
     pub format: ExportFormat,
+    #[serde(serialize_with = "crate::report::lossy_path")]
     pub trunk: PathBuf,
+    #[serde(serialize_with = "crate::report::lossy_optional_path")]
     pub projector: Option<PathBuf>,
+    #[serde(serialize_with = "crate::report::lossy_optional_path")]
     pub predictor: Option<PathBuf>,
     pub architecture: Depth,
     /// Channels of the first stage (torchvision's ResNets are 64 wide).

@@ -22,6 +22,7 @@ pub struct FetchCmd {
 #[derive(Serialize)]
 struct Fetched {
     dataset: String,
+    #[serde(serialize_with = "crate::report::lossy_path")]
     path: PathBuf,
 }
 

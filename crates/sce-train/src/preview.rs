@@ -27,7 +27,7 @@ pub struct PreviewCmd {
     /// Other images than the configuration's training set: a folder, or a dataset name with
     /// an optional split (`cifar10:test`).
     #[arg(long, value_name = "DIR_OR_DATASET")]
-    pub input: Option<String>,
+    pub input: Option<std::ffi::OsString>,
     /// Images shown, one per row.
     #[arg(long, default_value_t = DEFAULT_IMAGES, value_parser = at_least_one)]
     pub images: usize,
@@ -38,6 +38,7 @@ pub struct PreviewCmd {
 
 #[derive(Serialize)]
 struct PreviewReport {
+    #[serde(serialize_with = "crate::report::lossy_path")]
     output: PathBuf,
     images: usize,
     views: Vec<String>,

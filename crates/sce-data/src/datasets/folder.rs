@@ -58,6 +58,8 @@ struct Walk {
     visited: HashSet<PathBuf>,
     files: HashSet<PathBuf>,
     ignored: Vec<PathBuf>,
+    /// Images directly beside class folders: in no class, so without a label.
+    unlabelled: Vec<PathBuf>,
     revisits: Vec<PathBuf>,
     class: Option<PathBuf>,
 }
@@ -114,6 +116,15 @@ impl Walk {
 
     fn notes(&self, root: &Path) -> Vec<String> {
         let mut notes = Vec::new();
+        if let Some(first) = self.unlabelled.first() {
+            notes.push(format!(
+                "ignored {} image(s) directly under {}, beside its class folders: they are in \
+                 no class, so have no label (first: {})",
+                self.unlabelled.len(),
+                root.display(),
+                first.display()
+            ));
+        }
         if let Some(first) = self.ignored.first() {
             notes.push(format!(
                 "ignored {} file(s) under {} that are not .jpg/.jpeg/.png images (first: {})",
@@ -140,10 +151,11 @@ fn class_folders(root: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), DataError>
     Ok(read_dir_sorted(root)?.into_iter().partition(|p| p.is_dir()))
 }
 
-/// Whether `root` is laid out as class folders: it holds folders and no image directly.
+/// Whether `root` is laid out as class folders: it holds folders. Images beside them are
+/// strays, ignored with a note; they do not turn a labelled set into an unlabelled one.
 fn has_class_folders(root: &Path) -> Result<bool, DataError> {
-    let (folders, files) = class_folders(root)?;
-    Ok(!folders.is_empty() && !files.iter().any(|f| is_image(f)))
+    let (folders, _) = class_folders(root)?;
+    Ok(!folders.is_empty())
 }
 
 /// How a split's class folders map to labels.
@@ -188,8 +200,10 @@ impl FolderImages {
     /// `root/<class>/…/<image>`: one class per subfolder, labelled as `map` says.
     pub fn classified(root: &Path, channels: usize, map: ClassMap) -> Result<Self, DataError> {
         let (folders, files) = class_folders(root)?;
+        let (unlabelled, ignored) = files.into_iter().partition(|f| is_image(f));
         let mut walk = Walk {
-            ignored: files,
+            ignored,
+            unlabelled,
             ..Walk::default()
         };
         let by_name: Vec<(String, PathBuf)> =
@@ -276,8 +290,8 @@ impl FolderImages {
         )
     }
 
-    /// `root` as class subfolders if it holds folders and no image beside them (other files
-    /// there are ignored with a note), else as a flat unlabelled folder.
+    /// `root` as class subfolders if it holds folders (files beside them, images included,
+    /// are ignored with a note), else as a flat unlabelled folder.
     pub fn auto(root: &Path, channels: usize) -> Result<Self, DataError> {
         if has_class_folders(root)? {
             Self::classified(root, channels, ClassMap::Own)

@@ -146,9 +146,10 @@ pub struct MethodSection {
     /// Defaults from the recipe: asymmetric for small images, symmetric for ImageNet.
     #[serde(default)]
     pub pairing: Option<PairingName>,
-    /// Views encoded by the target in symmetric mode (the global crops).
-    #[serde(default = "two")]
-    pub global_views: usize,
+    /// Views encoded by the target in symmetric mode (the global crops; 2 when absent). The
+    /// asymmetric pairing has one target view, so setting it there is refused, not ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_views: Option<usize>,
 }
 
 /// Config spelling of [`TargetPositive`].
@@ -326,7 +327,7 @@ impl TrainConfig {
             PairingName::Asymmetric => sce_loss::ViewPairing::Asymmetric { views },
             PairingName::Symmetric => sce_loss::ViewPairing::Symmetric {
                 views,
-                global: self.method.global_views,
+                global: self.method.global_views.unwrap_or(2),
             },
         }
     }
@@ -431,6 +432,17 @@ impl TrainConfig {
         }
         if let Err(e) = me.momentum.validate() {
             return bad("method.momentum", e.to_string());
+        }
+        if let (sce_loss::ViewPairing::Asymmetric { .. }, Some(n)) =
+            (self.pairing(), me.global_views)
+        {
+            return bad(
+                "method.global_views",
+                format!(
+                    "{n} global views mean nothing to the asymmetric pairing (its target encodes \
+                     view 0 alone); remove the key, or set method.pairing = \"symmetric\""
+                ),
+            );
         }
         if let Err(e) = self.pairing().validate() {
             return bad("method.pairing", e.to_string());

@@ -7,6 +7,9 @@
 //! - [`embedding_map`]: a 2-D t-SNE map of embeddings, coloured by class.
 //! - [`run_log`]: what a training session writes of all that, without ever ending the run.
 //! - [`font`]: the system font that labels pictures, when there is one.
+//!
+//! Paths in JSON reports go through [`lossy_path`]: a folder name that is not UTF-8 (Latin-1)
+//! must not make a finished run's report fail to serialise.
 
 pub mod embedding_map;
 pub mod font;
@@ -18,6 +21,23 @@ pub mod tensorboard;
 use std::path::Path;
 
 use anyhow::Context;
+
+/// Serialises a path as text, replacing bytes that are not UTF-8 with U+FFFD (serde refuses
+/// such paths, and a report is for reading, not for reopening the path).
+pub fn lossy_path<S: serde::Serializer>(path: &Path, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&path.to_string_lossy())
+}
+
+/// [`lossy_path`] for an optional path.
+pub fn lossy_optional_path<S: serde::Serializer>(
+    path: &Option<std::path::PathBuf>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match path {
+        Some(path) => serializer.serialize_some(&path.to_string_lossy()),
+        None => serializer.serialize_none(),
+    }
+}
 
 /// How a picture names class `label`: its name where the dataset knows it, else "class k".
 pub fn class_label(names: &[String], label: usize) -> String {

@@ -273,8 +273,51 @@ pub fn verify(dir: &Path, step: usize) -> anyhow::Result<Manifest> {
             expected.bytes,
             expected.crc32
         );
+        if let Some(tensor) = first_non_finite(bytes)
+            .with_context(|| format!("{} is not a Burn record", file.display()))?
+        {
+            anyhow::bail!(
+                "{} holds NaN or infinite values in `{tensor}`",
+                file.display()
+            );
+        }
     }
     Ok(manifest)
+}
+
+/// The name of the first floating-point tensor of a record (burnpack bytes) holding a NaN or
+/// an infinity, read straight from the file's bytes (no model, no device).
+pub fn first_non_finite(bytes: Vec<u8>) -> anyhow::Result<Option<String>> {
+    use burn_pack::DType;
+    let reader = burn_pack::Reader::from_bytes(burn_pack::Bytes::from_bytes_vec(bytes))?;
+    for tensor in reader.into_tensors()? {
+        let (name, dtype, _, _, bytes) = tensor.into_parts()?;
+        // An IEEE value is not finite exactly when its exponent bits are all ones.
+        let finite = match dtype {
+            DType::F64 => all_words(&bytes, |w: [u8; 8]| f64::from_le_bytes(w).is_finite()),
+            DType::F32 | DType::Flex32 => {
+                all_words(&bytes, |w: [u8; 4]| f32::from_le_bytes(w).is_finite())
+            }
+            DType::F16 => all_words(&bytes, |w: [u8; 2]| {
+                u16::from_le_bytes(w) & 0x7c00 != 0x7c00
+            }),
+            DType::BF16 => all_words(&bytes, |w: [u8; 2]| {
+                u16::from_le_bytes(w) & 0x7f80 != 0x7f80
+            }),
+            _ => true,
+        };
+        if !finite {
+            return Ok(Some(name));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether `finite` holds for every little-endian word of `bytes`.
+fn all_words<const N: usize>(bytes: &[u8], finite: impl Fn([u8; N]) -> bool) -> bool {
+    bytes
+        .chunks_exact(N)
+        .all(|w| finite(w.try_into().expect("chunks of N bytes")))
 }
 
 /// The newest checkpoint that verifies, with its step; damaged newer ones are reported through
@@ -325,10 +368,31 @@ mod tests {
         .unwrap()
     }
 
+    /// A record of one float tensor `weight` holding `values`, as Burn writes it.
+    pub(crate) fn record_of(values: &[f32]) -> Vec<u8> {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let tensor = burn_pack::Tensor::new(
+            "layer.weight".into(),
+            burn_pack::DType::F32,
+            [values.len()],
+            None,
+            burn_pack::Bytes::from_bytes_vec(bytes),
+        );
+        burn_pack::Writer::new(vec![tensor])
+            .into_bytes()
+            .unwrap()
+            .to_vec()
+    }
+
     /// Writes a checkpoint as the run does: records through the checkpointer, then the manifest.
     fn save(dir: &Path, step: usize, log: &SaveLog) {
+        save_with(dir, step, log, &[step as f32, 1.0]);
+    }
+
+    /// [`save`] with every record holding `values`.
+    fn save_with(dir: &Path, step: usize, log: &SaveLog, values: &[f32]) {
         for name in RECORDS {
-            let bytes = format!("{name} at {step}").into_bytes();
+            let bytes = record_of(values);
             let path = record_path(dir, name, step);
             let result = write_atomic(&path, &bytes)
                 .map(|()| RecordInfo::of(&bytes))
@@ -372,6 +436,33 @@ mod tests {
         assert!(d.join("state-30.json.damaged").is_file());
         set_aside_after(d, None).unwrap();
         assert!(complete_steps(d).is_empty());
+    }
+
+    /// A record whose CRC matches but whose values are not finite is damaged: the previous
+    /// checkpoint is used, and the warning names the file and the tensor.
+    #[test]
+    fn non_finite_values_make_a_checkpoint_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let log = SaveLog::default();
+        save(d, 10, &log);
+        save_with(d, 20, &log, &[1.0, f32::NAN]);
+        save_with(d, 30, &log, &[f32::NEG_INFINITY]);
+        let error = verify(d, 20).unwrap_err().to_string();
+        assert!(
+            error.contains("model-20.bpk")
+                && error.contains("NaN or infinite values in `layer.weight`"),
+            "{error}"
+        );
+        let warnings = Mutex::new(Vec::new());
+        let (step, _) = newest_intact(d, &|w| warnings.lock().unwrap().push(w)).unwrap();
+        assert_eq!(step, 10);
+        assert_eq!(warnings.into_inner().unwrap().len(), 2);
+        assert_eq!(
+            first_non_finite(record_of(&[0.0, -f32::MAX, f32::MIN_POSITIVE])).unwrap(),
+            None
+        );
+        assert!(first_non_finite(b"not a record".to_vec()).is_err());
     }
 
     #[test]

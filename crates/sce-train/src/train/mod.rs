@@ -82,6 +82,8 @@ impl DataAccess {
         let locator = Locator::from_env(data_dir, config.data.download);
         let mut progress = console.download_progress();
         let root = locator.resolve(kind, &mut progress)?;
+        // Said every time: with several possible folders, which one a result came from.
+        console.line(format!("data: {kind} from {}", root.display()));
         let warn = {
             let console = *console;
             move |line: &str| console.line(line)
@@ -649,6 +651,7 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
                 run_dir: run.path.clone(),
                 method: format!("{:?}", config.method.name).to_lowercase(),
                 dataset: data.kind.to_string(),
+                data_dir: Some(data.root.clone()),
                 device: format!("{device:?}"),
                 epochs: config.run.epochs,
                 steps: state.global_step,
@@ -716,12 +719,19 @@ pub fn load_run(run_dir: &std::path::Path, device: &Device) -> anyhow::Result<Tr
         overrides: Vec::new(),
     })?;
     let dir = run.checkpoints();
-    let (step, _) = newest_intact(&dir, &|warning| eprintln!("{warning}")).ok_or_else(|| {
-        usage(format!(
-            "{} holds no intact checkpoint (train it first)",
+    let Some((step, _)) = newest_intact(&dir, &|warning| eprintln!("{warning}")) else {
+        if complete_steps(&dir).is_empty() {
+            return Err(usage(format!(
+                "{} holds no checkpoint (train it first)",
+                dir.display()
+            )));
+        }
+        anyhow::bail!(
+            "every checkpoint in {} is damaged (see the warnings above): nothing to load",
             dir.display()
-        ))
-    })?;
+        );
+    };
+    // `newest_intact` has checked every record's bytes and values (all finite).
     let model = fresh_model(&config, 1, device)?;
     let file = record_path(&dir, "model", step);
     let record =
@@ -732,13 +742,6 @@ pub fn load_run(run_dir: &std::path::Path, device: &Device) -> anyhow::Result<Tr
             file.display()
         )
     })?;
-    if let Some(path) = sce_model::params::first_non_finite(&model) {
-        anyhow::bail!(
-            "the checkpoint at step {step} in {} holds NaN or infinite values in `{path}`: a \
-             diverged or damaged network is neither scored nor exported",
-            dir.display()
-        );
-    }
     Ok(TrainedRun {
         config,
         model,

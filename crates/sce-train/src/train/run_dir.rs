@@ -8,16 +8,20 @@ use std::sync::Arc;
 use anyhow::{Context, anyhow};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::write_atomic;
+use super::checkpoint::{complete_steps, newest_intact, state_path, write_atomic};
 use super::state::EpochRow;
 use crate::config::TrainConfig;
 
 /// The end-of-run figures, written to `summary.json` and printed with `--json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    #[serde(serialize_with = "crate::report::lossy_path")]
     pub run_dir: PathBuf,
     pub method: String,
     pub dataset: String,
+    /// The folder the dataset was read from (`--data-dir`, `$SCE_DATA_DIR`, the cache, …).
+    #[serde(default, serialize_with = "crate::report::lossy_optional_path")]
+    pub data_dir: Option<PathBuf>,
     pub device: String,
     pub epochs: usize,
     pub steps: usize,
@@ -114,14 +118,46 @@ impl RunDir {
         })
     }
 
+    /// An existing run. A run whose `config.toml` was lost but whose checkpoints are intact
+    /// gets it back from the newest checkpoint's manifest, which records the configuration.
     pub fn open(path: PathBuf) -> anyhow::Result<Self> {
-        if !path.join("config.toml").is_file() {
+        let run = Self { path, _lock: None };
+        if !run.config_path().is_file() {
+            run.restore_config()?;
+        }
+        Ok(run)
+    }
+
+    fn restore_config(&self) -> anyhow::Result<()> {
+        let dir = self.checkpoints();
+        if complete_steps(&dir).is_empty() {
             return Err(crate::error::usage(format!(
-                "{} is not a run directory (no config.toml)",
-                path.display()
+                "{} is not a run directory (no config.toml, no checkpoint)",
+                self.path.display()
             )));
         }
-        Ok(Self { path, _lock: None })
+        let Some((step, manifest)) = newest_intact(&dir, &|warning| eprintln!("{warning}")) else {
+            anyhow::bail!(
+                "{} has no config.toml and every checkpoint in {} is damaged: the configuration \
+                 cannot be recovered",
+                self.path.display(),
+                dir.display()
+            );
+        };
+        let source = state_path(&dir, step);
+        self.write_config(
+            &manifest.config,
+            &format!(
+                "restored from {} (config.toml was missing)",
+                source.display()
+            ),
+        )?;
+        eprintln!(
+            "note: {} was missing; restored it from the configuration recorded in {}",
+            self.config_path().display(),
+            source.display()
+        );
+        Ok(())
     }
 
     /// An existing run, locked for writing: a second process writing it is refused.
