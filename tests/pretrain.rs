@@ -258,23 +258,29 @@ fn tiny_run_writes_its_run_directory() {
     assert_clean_failure(&again, 2, &["already holds a run", "--resume"]);
 }
 
+/// The tiny run for 3 epochs straight into `dir/full`, and the same run started in the
+/// background into `dir/killed` (to be interrupted and compared with the first).
+fn straight_run_and_a_second_started(data: &Path, dir: &Path) -> (PathBuf, PathBuf, Child) {
+    let epochs = ["--epochs", "3"];
+    let full = dir.join("full");
+    let out = tiny(data, &full, &epochs).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let killed = dir.join("killed");
+    let child = tiny(data, &killed, &epochs)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (full, killed, child)
+}
+
 #[test]
 fn sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run() {
     let Some(data) = common::data_dir("sigkill_mid_epoch_then_resume") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let epochs = ["--epochs", "3"];
-    let full = dir.path().join("full");
-    let out = tiny(&data, &full, &epochs).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-
-    let killed = dir.path().join("killed");
-    let mut child = tiny(&data, &killed, &epochs)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (full, killed, mut child) = straight_run_and_a_second_started(&data, dir.path());
     // Epoch 1 ends at step 8; kill as soon as its checkpoint is written, inside epoch 2.
     wait_for(&killed.join("checkpoints/state-8.json"), &mut child);
     std::thread::sleep(Duration::from_millis(300));
@@ -391,17 +397,7 @@ fn killed_again_and_again_a_run_ends_bit_identical() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let epochs = ["--epochs", "3"];
-    let full = dir.path().join("full");
-    let out = tiny(&data, &full, &epochs).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-
-    let killed = dir.path().join("killed");
-    let mut child = tiny(&data, &killed, &epochs)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (full, killed, mut child) = straight_run_and_a_second_started(&data, dir.path());
     wait_for(&killed.join("config.toml"), &mut child);
     // A fixed xorshift sequence: the same moments on every run of the test.
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;

@@ -23,7 +23,7 @@ use crate::backend::parse_device;
 use crate::config::{ConfigSource, TrainConfig, load_config};
 use crate::optim::{WarmupCosine, build_optimizer};
 use crate::options::Common;
-use crate::train::fresh_model;
+use crate::parts::fresh_model;
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCmd {
@@ -327,7 +327,7 @@ impl StepBench {
         let config = self.config()?;
         let device = parse_device(&self.common.device)?;
         // Benchmark the reductions training would use on this device.
-        crate::check::adapt_to_device(&device)?;
+        crate::device::adapt_to_device(&device)?;
         let ad = device.clone().autodiff();
         let total = self.steps + 1;
         let model = fresh_model(&config, total, &ad)?;
@@ -436,10 +436,10 @@ impl StepBench {
         let config = self.config()?;
         let device = parse_device(&self.common.device)?;
         // Benchmark the reductions training would use on this device.
-        crate::check::adapt_to_device(&device)?;
+        crate::device::adapt_to_device(&device)?;
         let ad = device.clone().autodiff();
         device.seed(0);
-        let trunk = crate::train::pair_config(&config, 3).trunk.init(&ad)?;
+        let trunk = crate::parts::pair_config(&config, 3).trunk.init(&ad)?;
         let size = config.augment.size;
         let x = Tensor::<4>::random(
             [self.batch, 3, size, size],

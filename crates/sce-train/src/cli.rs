@@ -9,9 +9,6 @@ use crate::config::{ConfigSource, parse_override};
 use crate::options::{Common, at_least_one};
 use crate::train::{PretrainArgs, pretrain};
 
-/// Default configuration when none is given: the Fashion-MNIST quick start.
-pub const QUICKSTART: &str = "configs/quickstart.toml";
-
 #[derive(Parser, Debug)]
 #[command(
     name = "sce-train",
@@ -130,7 +127,7 @@ impl PretrainCmd {
             path: self
                 .config
                 .clone()
-                .unwrap_or_else(|| PathBuf::from(QUICKSTART)),
+                .unwrap_or_else(|| PathBuf::from(crate::config::QUICKSTART)),
             overrides,
         })
     }

@@ -12,11 +12,13 @@ use sce_model::weights::{save_pytorch, save_safetensors};
 use sce_model::{Depth, Stem};
 use serde::Serialize;
 
+use crate::atomic_file::write_atomic;
 use crate::backend::parse_device;
-use crate::commands::print_json;
 use crate::config::TrainConfig;
 use crate::options::Common;
-use crate::train::{TrainedRun, channels_of, load_run, normalization, write_atomic};
+use crate::options::print_json;
+use crate::parts::{channels_of, normalization};
+use crate::train::{TrainedRun, load_run};
 
 /// Key names and layouts of the exported tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -141,7 +143,7 @@ fn describe(
     let m = &config.model;
     let channels = channels_of(config);
     let norm = normalization(config, config.data.dataset, channels);
-    let trunk = crate::train::pair_config(config, channels).trunk;
+    let trunk = crate::parts::pair_config(config, channels).trunk;
     ExportInfo {
         format,
         trunk: files.trunk,

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use serde::Serialize;
 
-use crate::train::Console;
+use crate::console::Console;
 
 /// A count that must be at least 1 (`--k`, `--epochs`, limits, batch sizes): the same rule as
 /// the configuration's, applied where clap parses the option.
@@ -47,6 +48,14 @@ impl Common {
     pub fn console(&self) -> Console {
         Console { quiet: self.quiet }
     }
+}
+
+/// Prints `value` as one JSON line on stdout when `--json` asked for it.
+pub fn print_json<T: Serialize>(common: &Common, value: &T) -> anyhow::Result<()> {
+    if common.json {
+        println!("{}", serde_json::to_string(value)?);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,12 +7,13 @@ use clap::Args;
 use sce_data::augment::ViewPipeline;
 use serde::Serialize;
 
-use crate::cli::QUICKSTART;
-use crate::commands::{open_input, print_json};
+use crate::config::QUICKSTART;
 use crate::config::{ConfigSource, load_config, parse_override};
+use crate::options::print_json;
 use crate::options::{Common, at_least_one};
+use crate::parts::open_input;
+use crate::parts::{DataAccess, limited, normalization};
 use crate::report::preview::{DEFAULT_IMAGES, augmentation_grid, view_names};
-use crate::train::{DataAccess, limited, normalization};
 
 #[derive(Args, Debug)]
 pub struct PreviewCmd {

@@ -8,6 +8,7 @@
 //! only kernel-size wide and its input gradient as a transposed convolution; together they
 //! were over half of a CPU training step (docs/benchmarks.md).
 
+mod gemm_common;
 mod geometry;
 mod kernels;
 mod winograd;

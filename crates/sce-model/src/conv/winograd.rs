@@ -19,8 +19,8 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use super::gemm_common::{Matrix, Operand, Scratch, gemm_serial, resize, with_scratch};
 use super::geometry::ConvGeometry;
-use super::kernels::{Matrix, Operand, Scratch, gemm_serial, resize, with_scratch};
 
 /// Side of an output tile.
 const TILE: usize = 4;

@@ -1,337 +1,39 @@
 //! Training batch norm: split into groups for the target trunk (MoCo's SplitBatchNorm), with
 //! statistics reduced the way the device gets right, and on `flex` fused with what follows it in
-//! a ResNet (`relu(bn(x) + residual)`) into one operation with its own backward step
-//! (`kernels.rs`, `flex.rs`).
+//! a ResNet (`relu(bn(x) + residual)`) into one operation with its own backward step.
+//!
+//! - `switches`: the process-wide choices (statistics reduction, kernels on `flex`).
+//! - `batch_norm`: one batch norm with the batch's statistics and what follows it.
+//! - `split`: MoCo's SplitBatchNorm over that.
+//! - `kernels`, `flex`: the fused CPU kernels and their Burn backend extension.
 
 #[cfg(feature = "flex")]
 mod flex;
 #[cfg(any(test, feature = "flex"))]
 mod kernels;
 
-use burn::nn::BatchNorm;
-use burn::tensor::Tensor;
-use burn::tensor::activation::relu;
-use burn::tensor::module::batch_norm_train;
+mod batch_norm;
+mod split;
+mod switches;
 
-use crate::ModelError;
-use crate::switch::Switch;
-
-/// How training batch norms reduce a batch to its per-channel statistics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StatisticsReduction {
-    /// One reduction over rows of batch × height × width: Burn's `batch_norm_train`, or on
-    /// `flex` the fused kernels.
-    Fused,
-    /// Means over width, then height, then batch: rows no longer than one of those sides, for
-    /// devices that get long reductions wrong (Mesa's llvmpipe leaves a shader's loops after
-    /// 65,535 iterations; docs/backends.md). Per-channel values are spread over height and
-    /// width before they meet the batch, so their gradients too reduce one short side at a
-    /// time.
-    Short,
-}
-
-static REDUCTION: Switch<StatisticsReduction> =
-    Switch::new(StatisticsReduction::Fused, StatisticsReduction::Short);
-
-/// Chooses, for the whole process, how training batch norms compute their statistics (the
-/// binary decides once at start-up from what the device computes; see `sce-train check`).
-pub fn set_statistics_reduction(reduction: StatisticsReduction) {
-    REDUCTION.set(reduction);
-}
-
-pub fn statistics_reduction() -> StatisticsReduction {
-    REDUCTION.get()
-}
-
-/// Which implementation training batch norms use on the `flex` backend (other backends always
-/// use Burn's operations).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NormKernels {
-    /// sce-model's fused kernels, with their own backward step (the default).
-    Fused,
-    /// Burn's `batch_norm_train`, ReLU and add, for comparison.
-    Burn,
-}
-
-static NORM_KERNELS: Switch<NormKernels> = Switch::new(NormKernels::Fused, NormKernels::Burn);
-
-/// Chooses the batch-norm implementation on `flex` for the whole process.
-pub fn set_norm_kernels(kernels: NormKernels) {
-    NORM_KERNELS.set(kernels);
-}
-
-/// The implementation training batch norms use on `flex`.
-pub fn norm_kernels() -> NormKernels {
-    NORM_KERNELS.get()
-}
-
-/// What a ResNet applies right after a batch norm, `relu(bn(x) + residual)`: one operation with
-/// the batch norm on `flex`, separate ones elsewhere.
-#[derive(Clone, Debug, Default)]
-pub struct AfterNorm {
-    /// Added to the normalised output (the block's shortcut).
-    pub residual: Option<Tensor<4>>,
-    /// A ReLU on the sum.
-    pub relu: bool,
-}
-
-impl AfterNorm {
-    /// Nothing: the batch norm alone.
-    pub fn none() -> Self {
-        Self::default()
-    }
-
-    /// `relu(bn(x))`.
-    pub fn relu() -> Self {
-        Self {
-            residual: None,
-            relu: true,
-        }
-    }
-
-    /// `relu(bn(x) + residual)`, the end of a residual block.
-    pub fn residual_relu(residual: Tensor<4>) -> Self {
-        Self {
-            residual: Some(residual),
-            relu: true,
-        }
-    }
-
-    /// Applies it to a batch norm's output, as separate operations.
-    fn apply(self, normalised: Tensor<4>) -> Tensor<4> {
-        let sum = match self.residual {
-            Some(residual) => normalised + residual,
-            None => normalised,
-        };
-        if self.relu { relu(sum) } else { sum }
-    }
-}
-
-/// Batch norm of `x` (`[N, C, H, W]`) with the batch's own statistics, followed by `after`: the
-/// output, and the per-channel mean and biased variance (`[C]`), as Burn's `batch_norm_train`
-/// returns them.
-pub fn batch_norm_with_statistics(
-    x: Tensor<4>,
-    gamma: Tensor<1>,
-    beta: Tensor<1>,
-    epsilon: f64,
-    reduction: StatisticsReduction,
-    after: AfterNorm,
-) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
-    #[cfg(feature = "flex")]
-    if reduction == StatisticsReduction::Fused && fused_kernels_apply(&x) {
-        return fused_batch_norm(x, gamma, beta, epsilon, after);
-    }
-    composed_batch_norm(x, gamma, beta, epsilon, reduction, after)
-}
-
-/// [`batch_norm_with_statistics`] out of Burn's operations.
-fn composed_batch_norm(
-    x: Tensor<4>,
-    gamma: Tensor<1>,
-    beta: Tensor<1>,
-    epsilon: f64,
-    reduction: StatisticsReduction,
-    after: AfterNorm,
-) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
-    let (output, mean, variance) = match reduction {
-        StatisticsReduction::Fused => {
-            let result = batch_norm_train(x, gamma, beta, epsilon);
-            (result.output, result.mean, result.variance)
-        }
-        StatisticsReduction::Short => {
-            let [_, c, h, w] = x.dims();
-            let per_channel = |t: Tensor<4>| t.mean_dim(3).mean_dim(2).mean_dim(0);
-            // A `[1, C, 1, 1]` operand broadcast over the batch would have its gradient reduced
-            // over batch × height × width at once; spread over height and width first, each
-            // gradient reduction stays short (the batch, then one side).
-            let spread = |t: Tensor<4>| t.repeat_dim(2, h).repeat_dim(3, w);
-            let mean = per_channel(x.clone());
-            let centered = x - spread(mean.clone());
-            let variance = per_channel(centered.clone().square());
-            let output = centered / spread((variance.clone() + epsilon).sqrt())
-                * spread(gamma.reshape([1, c, 1, 1]))
-                + spread(beta.reshape([1, c, 1, 1]));
-            (output, mean.reshape([c]), variance.reshape([c]))
-        }
-    };
-    (after.apply(output), mean, variance)
-}
-
-/// Whether the fused kernels run this batch norm: f32 on `flex`, unless `Burn` was chosen.
-fn fused_kernels_apply(x: &Tensor<4>) -> bool {
-    #[cfg(feature = "flex")]
-    {
-        use burn::tensor::{DType, Device};
-        norm_kernels() == NormKernels::Fused
-            && x.device().without_autodiff() == Device::flex()
-            && x.dtype() == DType::F32
-    }
-    #[cfg(not(feature = "flex"))]
-    {
-        let _ = x;
-        false
-    }
-}
-
-#[cfg(feature = "flex")]
-fn fused_batch_norm(
-    x: Tensor<4>,
-    gamma: Tensor<1>,
-    beta: Tensor<1>,
-    epsilon: f64,
-    after: AfterNorm,
-) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
-    use burn::backend::Dispatch;
-    use flex::FusedBatchNorm;
-    if let AfterNorm {
-        residual: Some(residual),
-        relu: false,
-    } = after
-    {
-        // No fused operation adds without a ReLU (no ResNet does): normalise, then add.
-        let (output, mean, variance) = fused_batch_norm(x, gamma, beta, epsilon, AfterNorm::none());
-        return (output + residual, mean, variance);
-    }
-    let (x, gamma, beta) = (
-        x.into_dispatch(),
-        gamma.into_dispatch(),
-        beta.into_dispatch(),
-    );
-    let (output, mean, variance) = match after.residual {
-        Some(residual) => <Dispatch as FusedBatchNorm>::fused_batch_norm_add_relu(
-            x,
-            gamma,
-            beta,
-            residual.into_dispatch(),
-            epsilon,
-        ),
-        None => <Dispatch as FusedBatchNorm>::fused_batch_norm(x, gamma, beta, epsilon, after.relu),
-    };
-    (
-        Tensor::from_dispatch(output),
-        Tensor::from_dispatch(mean),
-        Tensor::from_dispatch(variance),
-    )
-}
-
-/// `after` applied to `bn(x)` with the running statistics (evaluation on a device without
-/// autodiff, as `BatchNorm::forward` there), by the fused kernels.
-#[cfg(feature = "flex")]
-fn fused_batch_norm_inference(bn: &BatchNorm, x: Tensor<4>, after: AfterNorm) -> Tensor<4> {
-    use burn::backend::Dispatch;
-    use flex::FusedBatchNormInference;
-    if let AfterNorm {
-        residual: Some(residual),
-        relu: false,
-    } = after
-    {
-        // As in training: normalise, then add.
-        return fused_batch_norm_inference(bn, x, AfterNorm::none()) + residual;
-    }
-    let device = x.device();
-    let statistics = |t: Tensor<1>| t.to_device(&device).into_dispatch();
-    let (x, gamma, beta, mean, variance) = (
-        x.into_dispatch(),
-        bn.gamma.val().into_dispatch(),
-        bn.beta.val().into_dispatch(),
-        statistics(bn.running_mean.value()),
-        statistics(bn.running_var.value()),
-    );
-    let epsilon = bn.epsilon;
-    Tensor::from_dispatch(match after.residual {
-        Some(residual) => {
-            <Dispatch as FusedBatchNormInference>::fused_batch_norm_inference_add_relu(
-                x,
-                gamma,
-                beta,
-                mean,
-                variance,
-                residual.into_dispatch(),
-                epsilon,
-            )
-        }
-        None => <Dispatch as FusedBatchNormInference>::fused_batch_norm_inference(
-            x, gamma, beta, mean, variance, epsilon, after.relu,
-        ),
-    })
-}
-
-/// Batch norm that normalises `splits` equal groups of the batch separately, as `splits`
-/// devices would (MoCo's SplitBatchNorm, spec §2.5). Without it the target's batch statistics
-/// would equal the online branch's on one device, a shortcut the contrastive task can exploit.
-///
-/// Group `s` holds samples `s, s + splits, s + 2·splits, …` (MoCo's layout, a free reshape;
-/// the caller shuffles the batch first, so any equal partition is equivalent). In training the
-/// running statistics move towards the mean of the per-group statistics, which is what averaging
-/// per-group running statistics gives. In evaluation, or with `splits <= 1`, this is plain
-/// batch norm.
-pub fn split_batch_norm(
-    bn: &BatchNorm,
-    x: Tensor<4>,
-    splits: usize,
-) -> Result<Tensor<4>, ModelError> {
-    split_batch_norm_then(bn, x, AfterNorm::none(), splits)
-}
-
-/// [`split_batch_norm`] followed by `after` (`relu(bn(x) + residual)`), fused on `flex`.
-pub fn split_batch_norm_then(
-    bn: &BatchNorm,
-    x: Tensor<4>,
-    after: AfterNorm,
-    splits: usize,
-) -> Result<Tensor<4>, ModelError> {
-    let training = x.device().is_autodiff() && bn.training.is_enabled();
-    let reduction = statistics_reduction();
-    let splits = splits.max(1);
-    let fused = reduction == StatisticsReduction::Fused && fused_kernels_apply(&x);
-    if !training {
-        #[cfg(feature = "flex")]
-        if fused && !x.device().is_autodiff() {
-            return Ok(fused_batch_norm_inference(bn, x, after));
-        }
-        return Ok(after.apply(bn.forward(x)));
-    }
-    if splits == 1 && reduction == StatisticsReduction::Fused && !fused {
-        return Ok(after.apply(bn.forward(x)));
-    }
-    let [n, c, h, w] = x.dims();
-    if !n.is_multiple_of(splits) {
-        return Err(ModelError::BatchNotDivisible { batch: n, splits });
-    }
-    let grouped = |t: Tensor<4>| t.reshape([n / splits, splits * c, h, w]);
-    let after = AfterNorm {
-        residual: after.residual.map(grouped),
-        relu: after.relu,
-    };
-    let (output, mean, variance) = batch_norm_with_statistics(
-        grouped(x),
-        bn.gamma.val().repeat_dim(0, splits),
-        bn.beta.val().repeat_dim(0, splits),
-        bn.epsilon,
-        reduction,
-        after,
-    );
-    let group_mean = |t: Tensor<1>| t.reshape([splits, c]).mean_dim(0).reshape([c]);
-    let device = output.device();
-    let momentum = bn.momentum;
-    let update = |old: Tensor<1>, batch: Tensor<1>| {
-        (old.to_device(&device) * (1.0 - momentum) + group_mean(batch.detach()) * momentum).detach()
-    };
-    bn.running_mean
-        .update(update(bn.running_mean.value_sync(), mean));
-    bn.running_var
-        .update(update(bn.running_var.value_sync(), variance));
-    Ok(output.reshape([n, c, h, w]))
-}
+pub use batch_norm::{AfterNorm, batch_norm_with_statistics};
+pub use split::{split_batch_norm, split_batch_norm_then};
+pub use switches::{
+    NormKernels, StatisticsReduction, norm_kernels, set_norm_kernels, set_statistics_reduction,
+    statistics_reduction,
+};
 
 #[cfg(test)]
 mod tests {
+    #[cfg(feature = "flex")]
+    use super::batch_norm::fused_batch_norm;
+    use super::batch_norm::{composed_batch_norm, fused_kernels_apply};
     use super::*;
     use crate::test_util::*;
     use burn::module::Module;
     use burn::nn::BatchNormConfig;
     use burn::tensor::Distribution;
+    use burn::tensor::Tensor;
 
     /// Each group's output must equal a plain batch norm run on that group alone, and the running
     /// mean must be the average of the per-group updates.

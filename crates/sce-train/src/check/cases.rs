@@ -2,52 +2,19 @@
 //! device under test, and compares it with a float64 reference computed on the host from the
 //! same inputs (never with another Burn backend, so the CPU backend is checked too).
 
+use super::harness::{
+    Case, CheckOutcome, GEMM, TIGHT, download, host_values, relative_error, row_reduction, upload,
+};
 use burn::module::Param;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{LinearConfig, PaddingConfig2d};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use sce_loss::golden::{BUNDLED, GoldenFile};
 use sce_loss::{QueueObjective, SceLoss, sum_rows};
 use sce_model::params::{ema_update, named_tensors};
 use sce_model::{
     AfterNorm, Depth, ResNetConfig, Stem, batch_norm_with_statistics, statistics_reduction,
 };
-use serde::Serialize;
-
-/// One check's verdict: the largest error seen against the reference, and the tolerance.
-#[derive(Debug, Clone, Serialize)]
-pub struct CheckOutcome {
-    pub name: &'static str,
-    pub max_error: f64,
-    pub tolerance: f64,
-    pub passed: bool,
-    /// Why the check could not run (a panic inside the backend), if it could not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl CheckOutcome {
-    fn new(name: &'static str, max_error: f64, tolerance: f64) -> Self {
-        Self {
-            name,
-            max_error,
-            tolerance,
-            passed: max_error <= tolerance,
-            error: None,
-        }
-    }
-
-    /// A check that did not finish.
-    pub fn aborted(name: &'static str, error: String) -> Self {
-        Self {
-            error: Some(error),
-            ..Self::new(name, f64::INFINITY, 0.0)
-        }
-    }
-}
-
-/// A check: its name and what runs it.
-pub type Case = (&'static str, fn(&Device) -> CheckOutcome);
 
 /// Every check, in the order a training step meets the operations.
 pub const CASES: &[Case] = &[
@@ -70,8 +37,6 @@ pub const CASES: &[Case] = &[
 
 const SHORT_ROWS: &str = "sum over many short rows (8,192 × 64)";
 const LONG_ROW: &str = "sum over one long row (1 × 300,000), as the losses sum rows";
-const RAW_LONG_ROW: &str = "one-pass sum over one long row (1 × 300,000)";
-const RAW_LONG_ROWS: &str = "one-pass mean over long rows (4 × 100,352)";
 const MATMUL: &str = "matmul (256 × 96 · 96 × 80)";
 const CONV: &str = "conv2d 3×3 forward, input and weight gradients";
 const CONV_STRIDED: &str = "conv2d 3×3 and 1×1 stride 2 (downsampling), forward and gradients";
@@ -87,81 +52,6 @@ const LARS_NORM: &str = "norm of a 512 × 512 × 3 × 3 weight (LARS trust ratio
 const EMA: &str = "momentum (EMA) update of parameters";
 const SHAPES: &str = "ResNet-18 CIFAR and ResNet-50 ImageNet trunk output shapes";
 
-/// Reductions and normalisation are exact up to f32 rounding.
-const TIGHT: f64 = 1e-4;
-/// Matrix products and convolutions may accumulate in reduced precision on GPUs (TF32).
-const GEMM: f64 = 2e-3;
-
-/// Deterministic values in [-1, 1) (SplitMix64), the same for the host and the device.
-fn host_values(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed;
-    (0..len)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
-fn upload<const D: usize>(values: &[f32], shape: [usize; D], device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(values.to_vec(), shape), device)
-}
-
-fn download<const D: usize>(tensor: Tensor<D>) -> Vec<f64> {
-    tensor
-        .into_data()
-        .convert::<f64>()
-        .try_to_vec::<f64>()
-        .unwrap_or_default()
-}
-
-/// Largest `|got − expected| / max(|expected|, 1% of the largest |expected|)`: relative error,
-/// with a floor so that elements near zero are judged at the scale of the whole result.
-/// Non-finite values and a wrong length count as an infinite error.
-fn relative_error(got: &[f64], expected: &[f64]) -> f64 {
-    if got.len() != expected.len() {
-        return f64::INFINITY;
-    }
-    let largest = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let floor = (1e-2 * largest).max(f64::MIN_POSITIVE);
-    got.iter()
-        .zip(expected)
-        .map(|(g, e)| {
-            if g.is_finite() {
-                (g - e).abs() / e.abs().max(floor)
-            } else {
-                f64::INFINITY
-            }
-        })
-        .fold(0.0, f64::max)
-}
-
-/// Row sums (or means) of `rows × len` values, row `r` offset by `r` so rows differ, against
-/// float64; `reduce` is the reduction under test.
-fn row_reduction(
-    name: &'static str,
-    [rows, len]: [usize; 2],
-    mean: bool,
-    reduce: fn(Tensor<2>) -> Tensor<2>,
-    device: &Device,
-) -> CheckOutcome {
-    let mut x = host_values(rows * len, 1);
-    for (i, v) in x.iter_mut().enumerate() {
-        *v += (i / len) as f32;
-    }
-    let scale = if mean { len as f64 } else { 1.0 };
-    let expected: Vec<f64> = x
-        .chunks(len)
-        .map(|row| row.iter().map(|&v| v as f64).sum::<f64>() / scale)
-        .collect();
-    let got = download(reduce(upload(&x, [rows, len], device)));
-    CheckOutcome::new(name, relative_error(&got, &expected), TIGHT)
-}
-
 /// Many rows, each short: a device that runs out of work per invocation on the total, not
 /// per row, fails here.
 fn short_rows(device: &Device) -> CheckOutcome {
@@ -169,20 +59,9 @@ fn short_rows(device: &Device) -> CheckOutcome {
 }
 
 /// One row longer than 2^16 elements, summed the way the losses sum their softmax rows (in
-/// blocks on a device that fails [`one_pass_reductions`]).
+/// blocks on a device that fails [`super::probes::one_pass_reductions`]).
 fn long_row(device: &Device) -> CheckOutcome {
     row_reduction(LONG_ROW, [1, 300_000], false, sum_rows, device)
-}
-
-/// Burn's one-pass reductions over rows longer than 2^16 elements: wrong on a device whose
-/// shader invocations may only loop so many times (Mesa's llvmpipe: 65,535 iterations). Not
-/// checks: what they find decides how training reduces on the device ([`super::adapt_to_device`]).
-/// The second is the shape of batch-norm statistics, and the one that decides.
-pub(super) fn one_pass_reductions(device: &Device) -> [CheckOutcome; 2] {
-    [
-        row_reduction(RAW_LONG_ROW, [1, 300_000], false, |x| x.sum_dim(1), device),
-        row_reduction(RAW_LONG_ROWS, [4, 100_352], true, |x| x.mean_dim(1), device),
-    ]
 }
 
 fn matmul(device: &Device) -> CheckOutcome {

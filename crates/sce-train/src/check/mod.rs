@@ -6,21 +6,23 @@
 //! training silently learns nothing (docs/backends.md). Each case compares an operation
 //! training depends on with a float64 reference computed on the host, computed the way
 //! training computes it on this device: Burn's one-pass reductions over long rows are probed
-//! first, and where they are wrong training reduces in short passes ([`adapt_to_device`]).
+//! first, and where they are wrong training reduces in short passes
+//! ([`crate::device::adapt_to_device`]).
 
 mod cases;
+pub mod harness;
+pub mod probes;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use clap::Args;
-use sce_loss::{LongRows, set_long_rows};
-use sce_model::conv::{ConvKernels, set_conv_kernels};
-use sce_model::{NormKernels, StatisticsReduction, set_norm_kernels, set_statistics_reduction};
 use serde::Serialize;
 
-pub use cases::{CASES, CheckOutcome};
+pub use cases::CASES;
+pub use harness::CheckOutcome;
 
 use crate::backend::parse_device;
+use crate::device::{adapt_to_device, short_reductions_note};
 use crate::options::Common;
 
 #[derive(Args, Debug)]
@@ -36,91 +38,6 @@ struct CheckReport {
     /// Burn's one-pass reductions over long rows: what decided how training reduces here.
     one_pass_reductions: Vec<CheckOutcome>,
     checks: Vec<CheckOutcome>,
-}
-
-/// How training reduces long rows on a device, and what decided it.
-pub struct Adaptation {
-    /// Short reductions: batch-norm statistics over width, height and batch in turn, the
-    /// losses' softmax rows in blocks.
-    pub short: bool,
-    /// Burn's one-pass reductions on the device; empty when `SCE_REDUCTIONS` chose.
-    pub probes: Vec<CheckOutcome>,
-}
-
-/// Chooses, for the whole process, how training reduces long rows on `device`: in one pass,
-/// Burn's way, where that comes out right, in short passes where it does not (the device is
-/// told apart by what it computes, not by its name). `SCE_REDUCTIONS=short` or `=fused`
-/// overrides the choice, `SCE_CONV=burn` runs Burn's own convolutions on `flex` in place of
-/// the GEMM kernels (`=gemm`, the default), and `SCE_NORM=burn` Burn's batch norm, ReLU and
-/// residual add in place of the fused kernels (`=fused`, the default), to measure either path.
-/// Any other value of these variables is an error.
-pub fn adapt_to_device(device: &burn::tensor::Device) -> anyhow::Result<Adaptation> {
-    let (short, probes) = match env_choice("SCE_REDUCTIONS", &["short", "fused"])? {
-        Some("short") => (true, Vec::new()),
-        Some(_) => (false, Vec::new()),
-        None => {
-            let probes = catch_unwind(AssertUnwindSafe(|| cases::one_pass_reductions(device)))
-                .map(Vec::from)
-                .unwrap_or_default();
-            (
-                probes.is_empty() || probes.iter().any(|p| !p.passed),
-                probes,
-            )
-        }
-    };
-    set_conv_kernels(match env_choice("SCE_CONV", &["gemm", "burn"])? {
-        Some("burn") => ConvKernels::Burn,
-        _ => ConvKernels::Gemm,
-    });
-    set_norm_kernels(match env_choice("SCE_NORM", &["fused", "burn"])? {
-        Some("burn") => NormKernels::Burn,
-        _ => NormKernels::Fused,
-    });
-    set_statistics_reduction(if short {
-        StatisticsReduction::Short
-    } else {
-        StatisticsReduction::Fused
-    });
-    set_long_rows(if short {
-        LongRows::Blocked
-    } else {
-        LongRows::Fused
-    });
-    Ok(Adaptation { short, probes })
-}
-
-/// The value of the switch `name` when set, one of `accepted`; anything else is an error that
-/// names the variable and its values (a typo must not silently measure the other path).
-fn env_choice(name: &str, accepted: &[&'static str]) -> anyhow::Result<Option<&'static str>> {
-    match std::env::var(name) {
-        Err(std::env::VarError::NotPresent) => Ok(None),
-        Ok(value) if value.is_empty() => Ok(None),
-        Ok(value) => accepted
-            .iter()
-            .find(|a| **a == value)
-            .map(|a| Some(*a))
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "{name}={value:?} is not a known value; use one of: {} (or unset it)",
-                    accepted.join(", ")
-                )
-            }),
-        Err(std::env::VarError::NotUnicode(_)) => {
-            anyhow::bail!(
-                "{name} is not valid UTF-8; use one of: {}",
-                accepted.join(", ")
-            )
-        }
-    }
-}
-
-/// The one line said when a device needs short reductions.
-pub fn short_reductions_note(device: &burn::tensor::Device) -> String {
-    format!(
-        "note: long rows are reduced in short passes on {device:?} (batch-norm statistics over \
-         width, height and batch; softmax rows in blocks): it sums long rows wrongly in one pass \
-         (see `sce-train check`), or SCE_REDUCTIONS=short asks for it"
-    )
 }
 
 /// Runs every case on `device`, reporting each as it finishes. A panic inside the backend

@@ -6,3 +6,6 @@ mod sections;
 
 pub use load::{ConfigSource, fit_warmup_to_epochs, load_config, parse_override};
 pub use sections::*;
+
+/// Default configuration when none is given: the Fashion-MNIST quick start.
+pub const QUICKSTART: &str = "configs/quickstart.toml";

@@ -16,7 +16,7 @@ use sce_data::{ImageSource, SkipLog, ViewLoader, eval_batches};
 use sce_model::ResNet;
 use serde::Serialize;
 
-use crate::train::Console;
+use crate::console::Console;
 
 /// The classifier of the linear protocol: an optional non-affine BatchNorm, then one Linear.
 #[derive(Module, Debug)]

@@ -58,6 +58,6 @@ pub fn png_bytes(image: &image::RgbImage) -> anyhow::Result<Vec<u8>> {
 
 /// Writes `image` as a PNG at `path`, atomically.
 pub fn write_png(path: &Path, image: &image::RgbImage) -> anyhow::Result<()> {
-    crate::train::write_atomic(path, &png_bytes(image)?)
+    crate::atomic_file::write_atomic(path, &png_bytes(image)?)
         .with_context(|| format!("cannot write {}", path.display()))
 }

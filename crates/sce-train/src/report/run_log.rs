@@ -9,7 +9,7 @@ use image::RgbImage;
 
 use super::embedding_map::{MIN_POINTS, map_of};
 use super::tensorboard::EventWriter;
-use crate::train::Console;
+use crate::console::Console;
 
 /// File name of the augmentation grid in a run directory.
 pub const AUGMENTATIONS_PNG: &str = "augmentations.png";

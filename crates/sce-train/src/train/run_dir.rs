@@ -8,8 +8,9 @@ use std::sync::Arc;
 use anyhow::{Context, anyhow};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{complete_steps, newest_intact, state_path, write_atomic};
+use super::checkpoint::{complete_steps, newest_intact, state_path};
 use super::state::EpochRow;
+use crate::atomic_file::write_atomic;
 use crate::config::TrainConfig;
 
 /// The end-of-run figures, written to `summary.json` and printed with `--json`.

@@ -61,3 +61,19 @@ impl TrainState {
         }
     }
 }
+
+impl TrainState {
+    /// Closes the epoch in progress with its line of `metrics.csv`: the next one starts from
+    /// its first batch with empty sums.
+    pub fn end_epoch(&mut self, row: EpochRow) {
+        self.epoch = row.epoch;
+        self.history.push(row);
+        self.batch_in_epoch = 0;
+        self.epoch_loss_sum = 0.0;
+        self.epoch_similarity_sum = 0.0;
+        self.epoch_batches = 0;
+        self.epoch_seconds = 0.0;
+        self.epoch_probe_seen = 0;
+        self.epoch_probe_correct = 0;
+    }
+}

@@ -1,0 +1,119 @@
+//! What every numerical check is made of: its verdict, deterministic inputs, moving values to
+//! and from the device, and the error measure against a float64 reference.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::Serialize;
+
+/// One check's verdict: the largest error seen against the reference, and the tolerance.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckOutcome {
+    pub name: &'static str,
+    pub max_error: f64,
+    pub tolerance: f64,
+    pub passed: bool,
+    /// Why the check could not run (a panic inside the backend), if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl CheckOutcome {
+    pub(crate) fn new(name: &'static str, max_error: f64, tolerance: f64) -> Self {
+        Self {
+            name,
+            max_error,
+            tolerance,
+            passed: max_error <= tolerance,
+            error: None,
+        }
+    }
+
+    /// A check that did not finish.
+    pub fn aborted(name: &'static str, error: String) -> Self {
+        Self {
+            error: Some(error),
+            ..Self::new(name, f64::INFINITY, 0.0)
+        }
+    }
+}
+
+/// A check: its name and what runs it.
+pub type Case = (&'static str, fn(&Device) -> CheckOutcome);
+
+/// Reductions and normalisation are exact up to f32 rounding.
+pub(crate) const TIGHT: f64 = 1e-4;
+/// Matrix products and convolutions may accumulate in reduced precision on GPUs (TF32).
+pub(crate) const GEMM: f64 = 2e-3;
+
+/// Deterministic values in [-1, 1) (SplitMix64), the same for the host and the device.
+pub(crate) fn host_values(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed;
+    (0..len)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+pub(crate) fn upload<const D: usize>(
+    values: &[f32],
+    shape: [usize; D],
+    device: &Device,
+) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(values.to_vec(), shape), device)
+}
+
+pub(crate) fn download<const D: usize>(tensor: Tensor<D>) -> Vec<f64> {
+    tensor
+        .into_data()
+        .convert::<f64>()
+        .try_to_vec::<f64>()
+        .unwrap_or_default()
+}
+
+/// Largest `|got − expected| / max(|expected|, 1% of the largest |expected|)`: relative error,
+/// with a floor so that elements near zero are judged at the scale of the whole result.
+/// Non-finite values and a wrong length count as an infinite error.
+pub(crate) fn relative_error(got: &[f64], expected: &[f64]) -> f64 {
+    if got.len() != expected.len() {
+        return f64::INFINITY;
+    }
+    let largest = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let floor = (1e-2 * largest).max(f64::MIN_POSITIVE);
+    got.iter()
+        .zip(expected)
+        .map(|(g, e)| {
+            if g.is_finite() {
+                (g - e).abs() / e.abs().max(floor)
+            } else {
+                f64::INFINITY
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Row sums (or means) of `rows × len` values, row `r` offset by `r` so rows differ, against
+/// float64; `reduce` is the reduction under test.
+pub(crate) fn row_reduction(
+    name: &'static str,
+    [rows, len]: [usize; 2],
+    mean: bool,
+    reduce: fn(Tensor<2>) -> Tensor<2>,
+    device: &Device,
+) -> CheckOutcome {
+    let mut x = host_values(rows * len, 1);
+    for (i, v) in x.iter_mut().enumerate() {
+        *v += (i / len) as f32;
+    }
+    let scale = if mean { len as f64 } else { 1.0 };
+    let expected: Vec<f64> = x
+        .chunks(len)
+        .map(|row| row.iter().map(|&v| v as f64).sum::<f64>() / scale)
+        .collect();
+    let got = download(reduce(upload(&x, [rows, len], device)));
+    CheckOutcome::new(name, relative_error(&got, &expected), TIGHT)
+}
