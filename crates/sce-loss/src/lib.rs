@@ -9,7 +9,8 @@
 //! - [`QueueObjective`]: what both losses share, so a training step can hold either.
 //! - [`KeyQueue`]: the FIFO ring of past keys (negatives and relational anchors).
 //! - [`ViewPairing`] and [`multi_view_loss`]: asymmetric, symmetric and multi-crop aggregation.
-//! - [`LongRows`]: how softmax rows are reduced, whole or in blocks (devices with a loop budget).
+//! - [`LongRows`]: how softmax rows are reduced, whole or in blocks (devices with a loop budget;
+//!   sce-ops' `rows`, re-exported).
 //! - [`golden`]: the float64 golden-vector format the loss is checked against.
 //!
 //! Every function takes plain tensors on any device; nothing here names a backend. Inputs are
@@ -20,7 +21,6 @@ pub mod golden;
 mod objective;
 mod queue;
 mod ressl;
-mod rows;
 mod sce;
 mod views;
 
@@ -28,10 +28,11 @@ pub use error::LossError;
 pub use objective::QueueObjective;
 pub use queue::KeyQueue;
 pub use ressl::ResslLoss;
-pub use rows::{
+// The row reductions the losses use live with the other per-device operations (sce-ops).
+pub use sce::{SceLoss, TargetPositive};
+pub use sce_ops::rows::{
     BLOCK, LongRows, log_softmax_rows, long_rows, set_long_rows, softmax_rows, sum_rows,
 };
-pub use sce::{SceLoss, TargetPositive};
 pub use views::{ViewPairing, multi_view_loss};
 
 #[cfg(test)]

@@ -2,7 +2,7 @@ use burn::tensor::Tensor;
 
 use crate::LossError;
 use crate::objective::{QueueObjective, check_temperature, prepare};
-use crate::rows::{log_softmax_rows, softmax_rows, sum_rows};
+use sce_ops::rows::{log_softmax_rows, softmax_rows, sum_rows};
 
 /// ReSSL's relational loss: the cross-entropy between the target's sharpened similarities to
 /// the queue and the online similarities to the same queue, with the positive removed from both

@@ -2,7 +2,7 @@ use burn::tensor::Tensor;
 
 use crate::LossError;
 use crate::objective::{QueueObjective, check_temperature, prepare};
-use crate::rows::{log_softmax_rows, softmax_rows, sum_rows};
+use sce_ops::rows::{log_softmax_rows, softmax_rows, sum_rows};
 
 /// What the target distribution puts in the positive slot before mixing with the one-hot.
 ///

@@ -1,14 +1,16 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 
-use crate::conv::conv2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
 use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{Device, Tensor};
+use sce_ops::conv::conv2d;
 use serde::{Deserialize, Serialize};
 
-use crate::{AfterNorm, ModelError, split_batch_norm, split_batch_norm_then};
+use sce_ops::norm::AfterNorm;
+
+use crate::{ModelError, split_batch_norm, split_batch_norm_then};
 
 /// Which torchvision ResNet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

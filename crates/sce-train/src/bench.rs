@@ -267,9 +267,9 @@ struct StepReport {
     steps: usize,
     images_per_s: f64,
     seconds_per_step: f64,
-    /// `gemm` (sce-model's kernels) or `burn` (`SCE_CONV=burn`): which convolutions ran on flex.
+    /// `gemm` (sce-ops' kernels) or `burn` (`SCE_CONV=burn`): which convolutions ran on flex.
     conv_kernels: &'static str,
-    /// `fused` (sce-model's kernels) or `burn` (`SCE_NORM=burn`): which training batch norms
+    /// `fused` (sce-ops' kernels) or `burn` (`SCE_NORM=burn`): which training batch norms
     /// ran on flex.
     norm_kernels: &'static str,
     /// Seconds per step inside the GEMM convolution kernels: forward, input gradient, weight
@@ -367,7 +367,7 @@ impl StepBench {
         ));
         step(&mut learner)?;
         device.sync().map_err(|e| anyhow!("device error: {e:?}"))?;
-        let conv_before = sce_model::conv::kernel_times();
+        let conv_before = sce_ops::conv::kernel_times();
         let start = Instant::now();
         for i in 0..self.steps {
             let loss = step(&mut learner)?;
@@ -377,7 +377,7 @@ impl StepBench {
         let _ = learner.model().queue.keys().into_data();
         device.sync().map_err(|e| anyhow!("device error: {e:?}"))?;
         let seconds = start.elapsed().as_secs_f64();
-        let conv_after = sce_model::conv::kernel_times();
+        let conv_after = sce_ops::conv::kernel_times();
         let conv_seconds_per_step = std::array::from_fn(|i| {
             (conv_after[i] - conv_before[i]).as_secs_f64() / self.steps as f64
         });
@@ -394,13 +394,13 @@ impl StepBench {
             steps: self.steps,
             images_per_s: (self.steps * self.batch) as f64 / seconds,
             seconds_per_step: seconds / self.steps as f64,
-            conv_kernels: match sce_model::conv::conv_kernels() {
-                sce_model::conv::ConvKernels::Gemm => "gemm",
-                sce_model::conv::ConvKernels::Burn => "burn",
+            conv_kernels: match sce_ops::conv::conv_kernels() {
+                sce_ops::conv::ConvKernels::Gemm => "gemm",
+                sce_ops::conv::ConvKernels::Burn => "burn",
             },
-            norm_kernels: match sce_model::norm_kernels() {
-                sce_model::NormKernels::Fused => "fused",
-                sce_model::NormKernels::Burn => "burn",
+            norm_kernels: match sce_ops::norm::norm_kernels() {
+                sce_ops::norm::NormKernels::Fused => "fused",
+                sce_ops::norm::NormKernels::Burn => "burn",
             },
             conv_seconds_per_step,
             state_check_seconds,

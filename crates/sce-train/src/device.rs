@@ -4,9 +4,9 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use sce_loss::{LongRows, set_long_rows};
-use sce_model::conv::{ConvKernels, set_conv_kernels};
-use sce_model::{NormKernels, StatisticsReduction, set_norm_kernels, set_statistics_reduction};
+use sce_ops::conv::{ConvKernels, set_conv_kernels};
+use sce_ops::norm::{NormKernels, StatisticsReduction, set_norm_kernels, set_statistics_reduction};
+use sce_ops::rows::{LongRows, set_long_rows};
 
 use crate::check::harness::CheckOutcome;
 use crate::check::probes::one_pass_reductions;

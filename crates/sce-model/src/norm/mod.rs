@@ -1,39 +1,25 @@
-//! Training batch norm: split into groups for the target trunk (MoCo's SplitBatchNorm), with
-//! statistics reduced the way the device gets right, and on `flex` fused with what follows it in
-//! a ResNet (`relu(bn(x) + residual)`) into one operation with its own backward step.
-//!
-//! - `switches`: the process-wide choices (statistics reduction, kernels on `flex`).
-//! - `batch_norm`: one batch norm with the batch's statistics and what follows it.
-//! - `split`: MoCo's SplitBatchNorm over that.
-//! - `kernels`, `flex`: the fused CPU kernels and their Burn backend extension.
+//! Training batch norm split into groups for the target trunk (MoCo's SplitBatchNorm), over
+//! sce-ops' batch norm (statistics reduced the way the device gets right, fused with what
+//! follows it on `flex`).
 
-#[cfg(feature = "flex")]
-mod flex;
-#[cfg(any(test, feature = "flex"))]
-mod kernels;
-
-mod batch_norm;
 mod split;
-mod switches;
 
-pub use batch_norm::{AfterNorm, batch_norm_with_statistics};
 pub use split::{split_batch_norm, split_batch_norm_then};
-pub use switches::{
-    NormKernels, StatisticsReduction, norm_kernels, set_norm_kernels, set_statistics_reduction,
-    statistics_reduction,
-};
 
 #[cfg(test)]
 mod tests {
-    #[cfg(feature = "flex")]
-    use super::batch_norm::fused_batch_norm;
-    use super::batch_norm::{composed_batch_norm, fused_kernels_apply};
     use super::*;
     use crate::test_util::*;
     use burn::module::Module;
     use burn::nn::BatchNormConfig;
     use burn::tensor::Distribution;
     use burn::tensor::Tensor;
+    #[cfg(feature = "flex")]
+    use sce_ops::norm::fused_batch_norm;
+    use sce_ops::norm::{
+        AfterNorm, StatisticsReduction, batch_norm_with_statistics, composed_batch_norm,
+        fused_kernels_apply,
+    };
 
     /// Each group's output must equal a plain batch norm run on that group alone, and the running
     /// mean must be the average of the per-group updates.

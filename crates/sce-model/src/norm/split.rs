@@ -4,9 +4,12 @@ use burn::nn::BatchNorm;
 use burn::tensor::Tensor;
 
 #[cfg(feature = "flex")]
-use super::batch_norm::fused_batch_norm_inference;
-use super::batch_norm::{AfterNorm, batch_norm_with_statistics, fused_kernels_apply};
-use super::switches::{StatisticsReduction, statistics_reduction};
+use sce_ops::norm::fused_batch_norm_inference;
+use sce_ops::norm::{
+    AfterNorm, StatisticsReduction, batch_norm_with_statistics, fused_kernels_apply,
+    statistics_reduction,
+};
+
 use crate::ModelError;
 
 /// Batch norm that normalises `splits` equal groups of the batch separately, as `splits`

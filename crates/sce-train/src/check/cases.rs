@@ -12,9 +12,10 @@ use burn::tensor::{Device, Tensor};
 use sce_loss::golden::{BUNDLED, GoldenFile};
 use sce_loss::{QueueObjective, SceLoss, sum_rows};
 use sce_model::params::{ema_update, named_tensors};
-use sce_model::{
-    AfterNorm, Depth, ResNetConfig, Stem, batch_norm_with_statistics, statistics_reduction,
-};
+use sce_model::{Depth, ResNetConfig, Stem};
+use sce_ops::conv::ConvGeometry;
+use sce_ops::conv::reference::{ConvReference, conv2d_f64};
+use sce_ops::norm::{AfterNorm, batch_norm_with_statistics, statistics_reduction};
 
 /// Every check, in the order a training step meets the operations.
 pub const CASES: &[Case] = &[
@@ -101,7 +102,7 @@ fn conv_strided(device: &Device) -> CheckOutcome {
 }
 
 /// A `kernel`×`kernel` convolution (`[kernel, stride, padding]`) of `[n, ci, h, w]` into `co`
-/// channels, run as training runs it (`sce_model::conv::conv2d`: the GEMM kernels on `flex`,
+/// channels, run as training runs it (`sce_ops::conv::conv2d`: the GEMM kernels on `flex`,
 /// Burn's elsewhere), and both its gradients for the loss `Σ y·g`, against float64.
 fn conv_case(
     name: &'static str,
@@ -120,36 +121,9 @@ fn conv_case(
     let mut g = host_values(n * co * oh * ow, 6);
     let last = (n - 1) * co * oh * ow;
     g[last..].iter_mut().for_each(|v| *v *= 50.0);
-    let (mut y, mut dx, mut dw) = (
-        vec![0.0f64; g.len()],
-        vec![0.0f64; x.len()],
-        vec![0.0f64; weight.len()],
-    );
-    for b in 0..n {
-        for o in 0..co {
-            for i in 0..oh {
-                for j in 0..ow {
-                    let yi = ((b * co + o) * oh + i) * ow + j;
-                    for c in 0..ci {
-                        for a in 0..k {
-                            for e in 0..k {
-                                let xi = (i * stride + a) as isize - pad as isize;
-                                let xj = (j * stride + e) as isize - pad as isize;
-                                if xi < 0 || xj < 0 || xi >= h as isize || xj >= w as isize {
-                                    continue;
-                                }
-                                let xk = ((b * ci + c) * h + xi as usize) * w + xj as usize;
-                                let wk = ((o * ci + c) * k + a) * k + e;
-                                y[yi] += x[xk] as f64 * weight[wk] as f64;
-                                dw[wk] += g[yi] as f64 * x[xk] as f64;
-                                dx[xk] += g[yi] as f64 * weight[wk] as f64;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    let geometry = ConvGeometry::new([n, ci, h, w], [co, ci, k, k], [stride; 2], [pad; 2])
+        .expect("the cases' shapes fit");
+    let ConvReference { y, dx, dw } = conv2d_f64(&geometry, &x, &weight, Some(&g));
     let ad = device.clone().autodiff();
     let mut conv = Conv2dConfig::new([ci, co], [k, k])
         .with_stride([stride, stride])
@@ -158,7 +132,7 @@ fn conv_case(
         .init(&ad);
     conv.weight = Param::from_tensor(upload(&weight, [co, ci, k, k], &ad));
     let xt = upload(&x, [n, ci, h, w], &ad).require_grad();
-    let out = sce_model::conv::conv2d(&conv, xt.clone());
+    let out = sce_ops::conv::conv2d(&conv, xt.clone());
     let got_y = download(out.clone());
     let grads = (out * upload(&g, [n, co, oh, ow], &ad)).sum().backward();
     let got_dx = xt.grad(&grads).map(download).unwrap_or_default();

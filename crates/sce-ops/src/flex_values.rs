@@ -13,7 +13,7 @@ impl Values {
         assert_eq!(
             t.dtype(),
             DType::F32,
-            "sce-model's flex kernels run on f32 only (their callers check)"
+            "sce-ops' flex kernels run on f32 only (their callers check)"
         );
         Self(t.to_contiguous())
     }

@@ -303,37 +303,7 @@ pub(super) mod tests {
 
     /// The convolution by its definition, in float64.
     pub(in crate::conv) fn reference_forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f64> {
-        let [kh, kw] = g.kernel;
-        let mut y = vec![0.0f64; g.output_len()];
-        for b in 0..g.batch {
-            for co in 0..g.c_out {
-                for oy in 0..g.out_h {
-                    for ox in 0..g.out_w {
-                        let mut sum = 0.0f64;
-                        for ci in 0..g.c_in {
-                            for ky in 0..kh {
-                                for kx in 0..kw {
-                                    let iy =
-                                        (oy * g.stride[0] + ky) as isize - g.padding[0] as isize;
-                                    let ix =
-                                        (ox * g.stride[1] + kx) as isize - g.padding[1] as isize;
-                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
-                                    {
-                                        continue;
-                                    }
-                                    let xv = x[((b * g.c_in + ci) * g.h + iy as usize) * g.w
-                                        + ix as usize];
-                                    let wv = w[((co * g.c_in + ci) * kh + ky) * kw + kx];
-                                    sum += xv as f64 * wv as f64;
-                                }
-                            }
-                        }
-                        y[((b * g.c_out + co) * g.out_h + oy) * g.out_w + ox] = sum;
-                    }
-                }
-            }
-        }
-        y
+        super::super::reference::conv2d_f64(g, x, w, None).y
     }
 
     fn dot(a: &[f64], b: &[f32]) -> f64 {

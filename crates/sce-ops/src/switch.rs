@@ -3,25 +3,25 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub(crate) struct Switch<T: 'static> {
+pub struct Switch<T: 'static> {
     second: AtomicBool,
     values: [T; 2],
 }
 
 impl<T: Copy + PartialEq> Switch<T> {
     /// A switch set to `first` until [`set`](Self::set) says otherwise.
-    pub(crate) const fn new(first: T, second: T) -> Self {
+    pub const fn new(first: T, second: T) -> Self {
         Self {
             second: AtomicBool::new(false),
             values: [first, second],
         }
     }
 
-    pub(crate) fn set(&self, value: T) {
+    pub fn set(&self, value: T) {
         self.second.store(value == self.values[1], Ordering::SeqCst);
     }
 
-    pub(crate) fn get(&self) -> T {
+    pub fn get(&self) -> T {
         self.values[usize::from(self.second.load(Ordering::SeqCst))]
     }
 }

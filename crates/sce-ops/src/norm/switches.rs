@@ -34,7 +34,7 @@ pub fn statistics_reduction() -> StatisticsReduction {
 /// use Burn's operations).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NormKernels {
-    /// sce-model's fused kernels, with their own backward step (the default).
+    /// sce-ops' fused kernels, with their own backward step (the default).
     Fused,
     /// Burn's `batch_norm_train`, ReLU and add, for comparison.
     Burn,

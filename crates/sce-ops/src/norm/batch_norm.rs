@@ -45,7 +45,7 @@ impl AfterNorm {
     }
 
     /// Applies it to a batch norm's output, as separate operations.
-    pub(super) fn apply(self, normalised: Tensor<4>) -> Tensor<4> {
+    pub fn apply(self, normalised: Tensor<4>) -> Tensor<4> {
         let sum = match self.residual {
             Some(residual) => normalised + residual,
             None => normalised,
@@ -73,7 +73,7 @@ pub fn batch_norm_with_statistics(
 }
 
 /// [`batch_norm_with_statistics`] out of Burn's operations.
-pub(super) fn composed_batch_norm(
+pub fn composed_batch_norm(
     x: Tensor<4>,
     gamma: Tensor<1>,
     beta: Tensor<1>,
@@ -106,7 +106,7 @@ pub(super) fn composed_batch_norm(
 }
 
 /// Whether the fused kernels run this batch norm: f32 on `flex`, unless `Burn` was chosen.
-pub(super) fn fused_kernels_apply(x: &Tensor<4>) -> bool {
+pub fn fused_kernels_apply(x: &Tensor<4>) -> bool {
     #[cfg(feature = "flex")]
     {
         use burn::tensor::{DType, Device};
@@ -122,7 +122,7 @@ pub(super) fn fused_kernels_apply(x: &Tensor<4>) -> bool {
 }
 
 #[cfg(feature = "flex")]
-pub(super) fn fused_batch_norm(
+pub fn fused_batch_norm(
     x: Tensor<4>,
     gamma: Tensor<1>,
     beta: Tensor<1>,
@@ -165,11 +165,7 @@ pub(super) fn fused_batch_norm(
 /// `after` applied to `bn(x)` with the running statistics (evaluation on a device without
 /// autodiff, as `BatchNorm::forward` there), by the fused kernels.
 #[cfg(feature = "flex")]
-pub(super) fn fused_batch_norm_inference(
-    bn: &BatchNorm,
-    x: Tensor<4>,
-    after: AfterNorm,
-) -> Tensor<4> {
+pub fn fused_batch_norm_inference(bn: &BatchNorm, x: Tensor<4>, after: AfterNorm) -> Tensor<4> {
     use super::flex::FusedBatchNormInference;
     use burn::backend::Dispatch;
     if let AfterNorm {

@@ -9,10 +9,10 @@
 //! devices keep Burn's single pass ([`LongRows::Fused`], the default), so their numbers do not
 //! change.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use burn::tensor::Tensor;
 use burn::tensor::activation::{log_softmax, softmax};
+
+use crate::switch::Switch;
 
 /// How the losses reduce along their rows; one choice per process, made at start-up from what
 /// the device computes (`sce-train check`).
@@ -29,20 +29,16 @@ pub enum LongRows {
 /// 65,536-key queue make only 65 blocks.
 pub const BLOCK: usize = 1024;
 
-static BLOCKED: AtomicBool = AtomicBool::new(false);
+static LONG_ROWS: Switch<LongRows> = Switch::new(LongRows::Fused, LongRows::Blocked);
 
 /// Sets how every loss of this process reduces its rows.
 pub fn set_long_rows(rows: LongRows) {
-    BLOCKED.store(rows == LongRows::Blocked, Ordering::Relaxed);
+    LONG_ROWS.set(rows);
 }
 
 /// How the losses of this process reduce their rows.
 pub fn long_rows() -> LongRows {
-    if BLOCKED.load(Ordering::Relaxed) {
-        LongRows::Blocked
-    } else {
-        LongRows::Fused
-    }
+    LONG_ROWS.get()
 }
 
 /// `log_softmax(x, 1)` of a `[rows, len]` tensor.
@@ -111,7 +107,26 @@ fn from_blocks(x: Tensor<3>, len: usize, rows: usize) -> Tensor<2> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::*;
+    use burn::tensor::Device;
+
+    /// `n` unit rows of length `d` from a seeded SplitMix64 sequence.
+    fn random_unit_rows(n: usize, d: usize, seed: u64, device: &Device) -> Tensor<2> {
+        let mut state = seed;
+        let mut next = || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        let mut values = Vec::with_capacity(n * d);
+        for _ in 0..n {
+            let row: Vec<f64> = (0..d).map(|_| next()).collect();
+            let norm = row.iter().map(|x| x * x).sum::<f64>().sqrt();
+            values.extend(row.iter().map(|x| (x / norm) as f32));
+        }
+        Tensor::from_data(burn::tensor::TensorData::new(values, [n, d]), device)
+    }
 
     fn flat(t: Tensor<2>) -> Vec<f32> {
         t.into_data().convert::<f32>().try_to_vec().unwrap()
@@ -119,7 +134,8 @@ mod tests {
 
     #[test]
     fn blocked_rows_match_whole_rows_forward_and_backward() {
-        let device = device().autodiff();
+        // The default device of the build (flex in CI; `BURN_DEVICE` picks another).
+        let device = Device::default().autodiff();
         // Lengths below, at, just above and well above one block, and one that is a multiple.
         for (len, seed) in [
             (7, 1),

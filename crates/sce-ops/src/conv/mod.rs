@@ -1,4 +1,4 @@
-//! Convolutions for the trunks. On the `flex` CPU backend, sce-model's own kernels with their
+//! Convolutions for the trunks. On the `flex` CPU backend, sce-ops' own kernels with their
 //! own backward step: Winograd F(4×4, 3×3) for 3×3 stride-1 convolutions (`winograd.rs`),
 //! three well-shaped GEMMs for the others (`kernels.rs`). Everywhere else, and for anything the
 //! kernels do not cover (bias, groups, dilation, asymmetric padding, other dtypes), Burn's
@@ -11,6 +11,7 @@
 mod gemm_common;
 mod geometry;
 mod kernels;
+pub mod reference;
 mod winograd;
 
 #[cfg(feature = "flex")]
