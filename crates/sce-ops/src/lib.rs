@@ -10,6 +10,8 @@
 //!   or in short passes for devices with a loop budget.
 //! - [`rows`]: softmax and sums along long rows (the losses' similarity rows), whole or in
 //!   blocks for the same devices.
+//! - [`check`]: what numerical checks of a device against float64 are made of, and the probes
+//!   of Burn's one-pass reductions that decide between the implementations above.
 //!
 //! Which implementation runs is a process-wide choice per operation, made once at start-up by
 //! the binary from what the device computes (`sce-train check`) or from environment variables:
@@ -19,6 +21,7 @@
 // The CPU kernels are reached only through the `flex` backend extensions.
 #![cfg_attr(not(feature = "flex"), allow(dead_code))]
 
+pub mod check;
 pub mod conv;
 #[cfg(feature = "flex")]
 mod flex_values;

@@ -107,23 +107,15 @@ fn from_blocks(x: Tensor<3>, len: usize, rows: usize) -> Tensor<2> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::check::host_values;
     use burn::tensor::Device;
 
-    /// `n` unit rows of length `d` from a seeded SplitMix64 sequence.
+    /// `n` unit rows of length `d` from the checks' deterministic values.
     fn random_unit_rows(n: usize, d: usize, seed: u64, device: &Device) -> Tensor<2> {
-        let mut state = seed;
-        let mut next = || {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-        };
-        let mut values = Vec::with_capacity(n * d);
-        for _ in 0..n {
-            let row: Vec<f64> = (0..d).map(|_| next()).collect();
-            let norm = row.iter().map(|x| x * x).sum::<f64>().sqrt();
-            values.extend(row.iter().map(|x| (x / norm) as f32));
+        let mut values = host_values(n * d, seed);
+        for row in values.chunks_mut(d) {
+            let norm = row.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+            row.iter_mut().for_each(|x| *x = (*x as f64 / norm) as f32);
         }
         Tensor::from_data(burn::tensor::TensorData::new(values, [n, d]), device)
     }

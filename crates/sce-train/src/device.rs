@@ -8,8 +8,7 @@ use sce_ops::conv::{ConvKernels, set_conv_kernels};
 use sce_ops::norm::{NormKernels, StatisticsReduction, set_norm_kernels, set_statistics_reduction};
 use sce_ops::rows::{LongRows, set_long_rows};
 
-use crate::check::harness::CheckOutcome;
-use crate::check::probes::one_pass_reductions;
+use sce_ops::check::{CheckOutcome, one_pass_reductions};
 
 /// How training reduces long rows on a device, and what decided it.
 pub struct Adaptation {

@@ -46,7 +46,9 @@ pub struct StepContext {
     pub seed: u64,
     /// Training devices; with more than one, each computes the step on its own batch.
     pub devices: Vec<Device>,
-    /// Optimizer steps completed (the global step).
+    /// The step being computed (optimizer steps completed before it). The training loop counts
+    /// steps and sets it before each one; it seeds the target's BN shuffle and picks the step's
+    /// momentum.
     step: AtomicUsize,
     /// Keys of the current step with their device's position, enqueued once the optimizer step
     /// is done. Clones of the model (one per device) share this list.
@@ -91,8 +93,8 @@ impl StepContext {
         self.step.load(Ordering::SeqCst)
     }
 
-    /// Restores the global step on resume.
-    pub fn set_step(&self, step: usize) {
+    /// Called by the training loop before each step, with the steps completed so far.
+    pub fn begin_step(&self, step: usize) {
         self.step.store(step, Ordering::SeqCst);
     }
 }
@@ -254,7 +256,7 @@ impl SceModel {
 
     /// Enqueues the keys set aside by this step's forward passes (from every device, in device
     /// order, moved to the queue's device: Burn has no all-gather), then moves the target
-    /// towards the online branch and counts the step.
+    /// towards the online branch with the step's momentum.
     fn after_optimizer_step(self) -> Self {
         let mut pending = std::mem::take(&mut *self.ctx.pending.lock().unwrap());
         pending.sort_by_key(|(position, _)| *position);
@@ -264,8 +266,10 @@ impl SceModel {
                 .enqueue(keys)
                 .expect("queue size is a multiple of the keys per step (checked at start-up)");
         }
-        let step = self.ctx.step.fetch_add(1, Ordering::SeqCst);
-        let momentum = self.ctx.momentum.value(step, self.ctx.total_steps);
+        let momentum = self
+            .ctx
+            .momentum
+            .value(self.ctx.step(), self.ctx.total_steps);
         Self {
             pair: self.pair.update_target(momentum),
             queue,
@@ -398,7 +402,11 @@ mod tests {
         );
         assert_eq!(&after[16..], &queue_before[16..], "the rest untouched");
         assert_eq!(model.queue.ptr(), 4);
-        assert_eq!(model.ctx.step(), 1);
+        assert_eq!(
+            model.ctx.step(),
+            0,
+            "the training loop counts steps, not the model"
+        );
     }
 
     /// `target ← m·target + (1 − m)·online` uses the online parameters *after* the optimizer

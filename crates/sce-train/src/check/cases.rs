@@ -2,9 +2,6 @@
 //! device under test, and compares it with a float64 reference computed on the host from the
 //! same inputs (never with another Burn backend, so the CPU backend is checked too).
 
-use super::harness::{
-    Case, CheckOutcome, GEMM, TIGHT, download, host_values, relative_error, row_reduction, upload,
-};
 use burn::module::Param;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{LinearConfig, PaddingConfig2d};
@@ -13,6 +10,9 @@ use sce_loss::golden::{BUNDLED, GoldenFile};
 use sce_loss::{QueueObjective, SceLoss, sum_rows};
 use sce_model::params::{ema_update, named_tensors};
 use sce_model::{Depth, ResNetConfig, Stem};
+use sce_ops::check::{
+    Case, CheckOutcome, GEMM, TIGHT, download, host_values, relative_error, row_reduction, upload,
+};
 use sce_ops::conv::ConvGeometry;
 use sce_ops::conv::reference::{ConvReference, conv2d_f64};
 use sce_ops::norm::{AfterNorm, batch_norm_with_statistics, statistics_reduction};
@@ -60,7 +60,7 @@ fn short_rows(device: &Device) -> CheckOutcome {
 }
 
 /// One row longer than 2^16 elements, summed the way the losses sum their softmax rows (in
-/// blocks on a device that fails [`super::probes::one_pass_reductions`]).
+/// blocks on a device that fails [`sce_ops::check::one_pass_reductions`]).
 fn long_row(device: &Device) -> CheckOutcome {
     row_reduction(LONG_ROW, [1, 300_000], false, sum_rows, device)
 }
@@ -545,10 +545,6 @@ fn trunk_shapes(device: &Device) -> CheckOutcome {
 mod tests {
     use super::*;
 
-    fn as_f64(values: &[f32]) -> Vec<f64> {
-        values.iter().map(|&v| v as f64).collect()
-    }
-
     #[test]
     fn every_case_passes_on_the_default_device() {
         let device = Device::default();
@@ -558,28 +554,5 @@ mod tests {
             assert!(outcome.passed, "{outcome:?}");
             assert!(outcome.max_error.is_finite(), "{outcome:?}");
         }
-    }
-
-    #[test]
-    fn relative_error_catches_what_a_broken_kernel_produces() {
-        let expected = as_f64(&[0.0, 1.0, 2.0, 3.0]);
-        assert_eq!(relative_error(&expected, &expected), 0.0);
-        // lavapipe's truncated sums: rows 2 and 3 partly or not at all.
-        let truncated = as_f64(&[0.0, 1.0, 1.22, 0.0]);
-        assert!(relative_error(&truncated, &expected) > 0.3);
-        assert_eq!(relative_error(&[f64::NAN; 4], &expected), f64::INFINITY);
-        assert_eq!(relative_error(&expected[..3], &expected), f64::INFINITY);
-        // Near-zero elements are judged at 1% of the largest, not relative to themselves.
-        assert!(relative_error(&as_f64(&[1e-6, 1.0, 2.0, 3.0]), &expected) < 1e-4);
-    }
-
-    #[test]
-    fn host_values_are_deterministic_and_spread_over_minus_one_to_one() {
-        let a = host_values(10_000, 1);
-        assert_eq!(a, host_values(10_000, 1));
-        assert_ne!(a, host_values(10_000, 2));
-        assert!(a.iter().all(|v| (-1.0..1.0).contains(v)));
-        let mean = a.iter().map(|&v| v as f64).sum::<f64>() / a.len() as f64;
-        assert!(mean.abs() < 0.05, "{mean}");
     }
 }

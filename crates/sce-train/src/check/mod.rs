@@ -10,8 +10,6 @@
 //! ([`crate::device::adapt_to_device`]).
 
 mod cases;
-pub mod harness;
-pub mod probes;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -19,7 +17,7 @@ use clap::Args;
 use serde::Serialize;
 
 pub use cases::CASES;
-pub use harness::CheckOutcome;
+pub use sce_ops::check::CheckOutcome;
 
 use crate::backend::parse_device;
 use crate::device::{adapt_to_device, short_reductions_note};

@@ -141,6 +141,7 @@ impl SceStrategy {
         while let Some(item) = batches.next() {
             let batch = item.map_err(|e| anyhow!("reading training data: {e}"))?;
             let progress = batches.progress();
+            self.step_context.begin_step(run.state.global_step);
             let mut output = learner.train_step(batch);
             let loss = scalar(&output.item.loss);
             run.check_finite(loss, &self.run.checkpoints())?;
@@ -182,6 +183,7 @@ impl SceStrategy {
         let mut tick = Instant::now();
         loop {
             let model = learner.model();
+            self.step_context.begin_step(run.state.global_step);
             let (outputs, progress) = workers
                 .step(iterators.as_mut_slice(), &model)
                 .map_err(|e| anyhow!("multi-device step: {e}"))?;

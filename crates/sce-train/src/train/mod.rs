@@ -260,6 +260,7 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
     let strategy = Arc::new(SceStrategy {
         devices: train_devices,
         loader: loader.clone(),
+        step_context: model.ctx.clone(),
         evaluator,
         probe: probe.map(Mutex::new),
         run: run.clone(),

@@ -83,7 +83,6 @@ pub(super) fn restore(
         scheduler.steps_taken(),
         state.global_step
     );
-    model.ctx.set_step(state.global_step);
     let queue = model.queue.with_ptr(state.queue_ptr)?;
     Ok((SceModel { queue, ..model }, optim, state))
 }

@@ -6,7 +6,7 @@
 //! on a non-finite loss. The Learner still owns model, optimizer and schedule; Burn's event
 //! processor still logs the metrics and its checkpointer still writes the records.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, anyhow};
@@ -29,7 +29,7 @@ use super::run_dir::RunDir;
 use super::state::TrainState;
 use crate::console::Console;
 use crate::eval::{KnnEvaluation, KnnEvaluator};
-use crate::model::SceModel;
+use crate::model::{SceModel, StepContext};
 use crate::report::run_log::RunLog;
 
 /// How a training session ended (errors aside).
@@ -43,6 +43,9 @@ pub struct SceStrategy {
     /// Training devices (autodiff); the first holds the Learner's model and the queue.
     pub devices: Vec<Device>,
     pub loader: ViewLoader,
+    /// Shared with every copy of the model: told the step before each one (the loop's
+    /// `TrainState::global_step` is the one count).
+    pub step_context: Arc<StepContext>,
     pub evaluator: Option<KnnEvaluator>,
     /// The online linear probe, when on (see [`OnlineProbe`]).
     pub probe: Option<Mutex<OnlineProbe>>,

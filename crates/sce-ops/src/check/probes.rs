@@ -1,5 +1,5 @@
 //! Probes of how a device reduces long rows: not checks, but what decides how training
-//! reduces on it ([`crate::device::adapt_to_device`]).
+//! reduces on it ([`crate::rows::set_long_rows`], [`crate::norm::set_statistics_reduction`]).
 
 use burn::tensor::Device;
 
@@ -10,7 +10,7 @@ const RAW_LONG_ROWS: &str = "one-pass mean over long rows (4 × 100,352)";
 
 /// Burn's one-pass reductions over rows longer than 2^16 elements: wrong on a device whose
 /// shader invocations may only loop so many times (Mesa's llvmpipe: 65,535 iterations). Not
-/// checks: what they find decides how training reduces on the device (`crate::device::adapt_to_device`).
+/// checks: what they find decides how training reduces on the device (`sce-train`'s start-up).
 /// The second is the shape of batch-norm statistics, and the one that decides.
 pub fn one_pass_reductions(device: &Device) -> [CheckOutcome; 2] {
     [

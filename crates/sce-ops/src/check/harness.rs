@@ -1,5 +1,5 @@
-//! What every numerical check is made of: its verdict, deterministic inputs, moving values to
-//! and from the device, and the error measure against a float64 reference.
+//! What every numerical check of a device is made of: its verdict, deterministic inputs,
+//! moving values to and from the device, and the error measure against a float64 reference.
 
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
@@ -17,7 +17,7 @@ pub struct CheckOutcome {
 }
 
 impl CheckOutcome {
-    pub(crate) fn new(name: &'static str, max_error: f64, tolerance: f64) -> Self {
+    pub fn new(name: &'static str, max_error: f64, tolerance: f64) -> Self {
         Self {
             name,
             max_error,
@@ -40,12 +40,12 @@ impl CheckOutcome {
 pub type Case = (&'static str, fn(&Device) -> CheckOutcome);
 
 /// Reductions and normalisation are exact up to f32 rounding.
-pub(crate) const TIGHT: f64 = 1e-4;
+pub const TIGHT: f64 = 1e-4;
 /// Matrix products and convolutions may accumulate in reduced precision on GPUs (TF32).
-pub(crate) const GEMM: f64 = 2e-3;
+pub const GEMM: f64 = 2e-3;
 
 /// Deterministic values in [-1, 1) (SplitMix64), the same for the host and the device.
-pub(crate) fn host_values(len: usize, seed: u64) -> Vec<f32> {
+pub fn host_values(len: usize, seed: u64) -> Vec<f32> {
     let mut state = seed;
     (0..len)
         .map(|_| {
@@ -59,15 +59,11 @@ pub(crate) fn host_values(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-pub(crate) fn upload<const D: usize>(
-    values: &[f32],
-    shape: [usize; D],
-    device: &Device,
-) -> Tensor<D> {
+pub fn upload<const D: usize>(values: &[f32], shape: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::from_data(TensorData::new(values.to_vec(), shape), device)
 }
 
-pub(crate) fn download<const D: usize>(tensor: Tensor<D>) -> Vec<f64> {
+pub fn download<const D: usize>(tensor: Tensor<D>) -> Vec<f64> {
     tensor
         .into_data()
         .convert::<f64>()
@@ -78,7 +74,7 @@ pub(crate) fn download<const D: usize>(tensor: Tensor<D>) -> Vec<f64> {
 /// Largest `|got − expected| / max(|expected|, 1% of the largest |expected|)`: relative error,
 /// with a floor so that elements near zero are judged at the scale of the whole result.
 /// Non-finite values and a wrong length count as an infinite error.
-pub(crate) fn relative_error(got: &[f64], expected: &[f64]) -> f64 {
+pub fn relative_error(got: &[f64], expected: &[f64]) -> f64 {
     if got.len() != expected.len() {
         return f64::INFINITY;
     }
@@ -98,7 +94,7 @@ pub(crate) fn relative_error(got: &[f64], expected: &[f64]) -> f64 {
 
 /// Row sums (or means) of `rows × len` values, row `r` offset by `r` so rows differ, against
 /// float64; `reduce` is the reduction under test.
-pub(crate) fn row_reduction(
+pub fn row_reduction(
     name: &'static str,
     [rows, len]: [usize; 2],
     mean: bool,
@@ -116,4 +112,44 @@ pub(crate) fn row_reduction(
         .collect();
     let got = download(reduce(upload(&x, [rows, len], device)));
     CheckOutcome::new(name, relative_error(&got, &expected), TIGHT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn as_f64(values: &[f32]) -> Vec<f64> {
+        values.iter().map(|&v| v as f64).collect()
+    }
+
+    #[test]
+    fn relative_error_catches_what_a_broken_kernel_produces() {
+        let expected = as_f64(&[0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(relative_error(&expected, &expected), 0.0);
+        // lavapipe's truncated sums: rows 2 and 3 partly or not at all.
+        let truncated = as_f64(&[0.0, 1.0, 1.22, 0.0]);
+        assert!(relative_error(&truncated, &expected) > 0.3);
+        assert_eq!(relative_error(&[f64::NAN; 4], &expected), f64::INFINITY);
+        assert_eq!(relative_error(&expected[..3], &expected), f64::INFINITY);
+        // Near-zero elements are judged at 1% of the largest, not relative to themselves.
+        assert!(relative_error(&as_f64(&[1e-6, 1.0, 2.0, 3.0]), &expected) < 1e-4);
+    }
+
+    #[test]
+    fn host_values_are_deterministic_and_spread_over_minus_one_to_one() {
+        let a = host_values(10_000, 1);
+        assert_eq!(a, host_values(10_000, 1));
+        assert_ne!(a, host_values(10_000, 2));
+        assert!(a.iter().all(|v| (-1.0..1.0).contains(v)));
+        let mean = a.iter().map(|&v| v as f64).sum::<f64>() / a.len() as f64;
+        assert!(mean.abs() < 0.05, "{mean}");
+    }
+
+    #[test]
+    fn the_default_device_reduces_long_rows_in_one_pass() {
+        let device = Device::default();
+        for outcome in super::super::one_pass_reductions(&device) {
+            assert!(outcome.passed, "{outcome:?}");
+        }
+    }
 }

@@ -1,0 +1,11 @@
+//! Numerical checks of a device against float64 computed on the host: the pieces every check
+//! is made of, and the probes of Burn's one-pass reductions whose outcome decides how training
+//! reduces on the device. `sce-train check` builds its cases from them.
+
+mod harness;
+mod probes;
+
+pub use harness::{
+    Case, CheckOutcome, GEMM, TIGHT, download, host_values, relative_error, row_reduction, upload,
+};
+pub use probes::one_pass_reductions;
