@@ -352,3 +352,16 @@ fn preview_draws_the_configured_views() {
         .unwrap();
     assert_clean_failure(&out, 2, &["no/such/folder"]);
 }
+
+/// Started by a launcher as one of several MPI ranks, a build without the `mpi` feature says so
+/// instead of training alone as if it were the only process.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn an_mpi_launch_of_a_build_without_mpi_is_refused() {
+    let out = sce_train()
+        .args(["pretrain", "--config", "configs/tiny.toml"])
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, 2, &["one of 2 MPI ranks", "`mpi` feature"]);
+}

@@ -32,8 +32,9 @@ const TINY_OVERRIDES: [&str; 4] = ["--set", "data.limit_train=512", "--set", "ru
 /// Where Vulkan drivers declare themselves (the loader's ICD search folders on Linux).
 const ICD_FOLDERS: [&str; 2] = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"];
 
-/// Runs the stage, or says in one line why it is skipped.
-pub fn run(data: &str) -> anyhow::Result<()> {
+/// Runs the stage with a build of `features` (`wgpu` and whatever else CI builds once for
+/// several stages), or says in one line why it is skipped.
+pub fn run(data: &str, features: &str) -> anyhow::Result<()> {
     let start = Instant::now();
     if !vulkan_present() {
         if !(std::env::var("CI").as_deref() == Ok("true") && is_root()) {
@@ -44,7 +45,7 @@ pub fn run(data: &str) -> anyhow::Result<()> {
             );
             return Ok(());
         }
-        install_vulkan()?;
+        apt_install(&PACKAGES)?;
         anyhow::ensure!(
             vulkan_present(),
             "installed {} but found no Vulkan driver in {}",
@@ -55,7 +56,7 @@ pub fn run(data: &str) -> anyhow::Result<()> {
     step(
         "GPU path: build with wgpu",
         "cargo",
-        &["build", "-p", "sce-train", "--features", "wgpu"],
+        &["build", "-p", "sce-train", "--features", features],
         &[],
     )?;
     let bin = target_dir().join("debug/sce-train");
@@ -130,25 +131,26 @@ fn vulkan_present() -> bool {
     loader && driver
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
         .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
 
-fn install_vulkan() -> anyhow::Result<()> {
+/// Installs Debian packages (CI=true, as root).
+pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     let noninteractive = [("DEBIAN_FRONTEND", "noninteractive")];
     step(
-        "GPU path: apt-get update",
+        "apt-get update",
         "apt-get",
         &["update", "-qq"],
         &noninteractive,
     )?;
     let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
-    args.extend(PACKAGES);
+    args.extend(packages);
     step(
-        "GPU path: install Vulkan (CI=true, root)",
+        &format!("install {} (CI=true, root)", packages.join(" ")),
         "apt-get",
         &args,
         &noninteractive,

@@ -2,6 +2,7 @@
 //! alone), `cargo xtask bench` (benchmark figures).
 
 mod gpu_path;
+mod mpi;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -143,17 +144,23 @@ fn ci() -> anyhow::Result<()> {
     let start = Instant::now();
     step("format", "cargo", &["fmt", "--all", "--check"], &[])?;
     let data = data_dir()?;
+    let mpi = mpi::prepare()?;
     // One check build covers clippy on every target and the GPU code paths: `cuda` needs
-    // DOCS_RS=1 offline (its build script would download LLVM), `wgpu` builds as is.
+    // DOCS_RS=1 offline (its build script would download LLVM), `wgpu` builds as is; `mpi`
+    // where Open MPI is.
+    let checked = match mpi {
+        true => "sce-train/wgpu,sce-train/cuda,sce-train/mpi",
+        false => "sce-train/wgpu,sce-train/cuda",
+    };
     step(
-        "clippy (flex + wgpu + cuda type-check)",
+        &format!("clippy (flex + {checked})"),
         "cargo",
         &[
             "clippy",
             "--workspace",
             "--all-targets",
             "--features",
-            "sce-train/wgpu,sce-train/cuda",
+            checked,
             "--",
             "-D",
             "warnings",
@@ -166,7 +173,12 @@ fn ci() -> anyhow::Result<()> {
         &["test", "--workspace", "--all-targets"],
         &[("SCE_DATA_DIR", &data)],
     )?;
-    gpu_path::run(&data)?;
+    // The GPU-path and MPI stages share one build of sce-train.
+    let features = if mpi { "wgpu,mpi" } else { "wgpu" };
+    gpu_path::run(&data, features)?;
+    if mpi {
+        mpi::run(&data, features)?;
+    }
     eprintln!(
         "\nci passed in {:.1} min",
         start.elapsed().as_secs_f64() / 60.0
@@ -291,7 +303,7 @@ fn main() -> std::process::ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench") => bench(&args[1..]),
-        Some("gpu-path") => data_dir().and_then(|data| gpu_path::run(&data)),
+        Some("gpu-path") => data_dir().and_then(|data| gpu_path::run(&data, "wgpu")),
         _ => Err(anyhow::anyhow!(
             "usage: cargo xtask ci | cargo xtask gpu-path | cargo xtask bench [--full]"
         )),

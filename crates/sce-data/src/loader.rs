@@ -25,6 +25,9 @@ pub struct ViewBatch {
     pub labels: Vec<Option<usize>>,
     /// Dataset indices of the samples, in batch order.
     pub indices: Vec<usize>,
+    /// The shard of the epoch's batches it comes from (0 unsharded): in multi-device training,
+    /// its replica's place, which orders the replicas' keys in the queue.
+    pub shard: usize,
 }
 
 /// A batch still on the host: per view the floats of a `[batch, c, h, w]` tensor.
@@ -66,6 +69,7 @@ impl HostBatch {
                 .collect(),
             labels: self.labels,
             indices: self.indices,
+            shard: 0,
         }
     }
 }
@@ -322,7 +326,10 @@ impl DataLoader<ViewBatch> for ViewLoader {
             for batch in start..total {
                 let item = loader
                     .host_batch(epoch, batch * count + index)
-                    .map(|host| host.into_tensors(&loader.device));
+                    .map(|host| ViewBatch {
+                        shard: index,
+                        ..host.into_tensors(&loader.device)
+                    });
                 let failed = item.is_err();
                 if sender.send(item).is_err() || failed {
                     break;

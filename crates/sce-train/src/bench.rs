@@ -352,6 +352,7 @@ impl StepBench {
             views,
             labels: vec![None; self.batch],
             indices: (0..self.batch).collect(),
+            shard: 0,
         };
         let step = |learner: &mut Learner<crate::model::SceModel>| -> anyhow::Result<f32> {
             let out = learner.train_step(batch.clone());

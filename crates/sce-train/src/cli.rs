@@ -153,6 +153,10 @@ impl PretrainCmd {
                 .join(" "),
         };
         let summary = pretrain(&args)?;
+        if crate::distributed::launched_rank() != 0 {
+            // Under MPI rank 0 reports the run, once.
+            return Ok(());
+        }
         let console = self.common.console();
         console.line(format!(
             "done: {} epochs, final loss {:.4}, kNN top-1 {} (untrained {}), {:.1} img/s, {:.0} s; \

@@ -13,6 +13,8 @@
 //!   kNN monitor), for `pretrain` and every command that reads a run.
 //! - [`model`]: the SCE step hosted by burn-train's `Learner` (EMA and queue in `optimize`).
 //! - [`optim`]: LARS and the warmup + cosine schedule.
+//! - [`distributed`]: which MPI rank this process is, and the collective operations of a
+//!   data-parallel step across processes.
 //! - [`train`]: `pretrain`: the epoch loop (a custom learning strategy), run directory,
 //!   checkpoints, resuming, loading a run for evaluation.
 //! - [`eval`]: kNN, linear evaluation, embeddings; [`commands`]: `knn`, `linear`, `embed`.
@@ -32,6 +34,7 @@ pub mod commands;
 pub mod config;
 pub mod console;
 pub mod device;
+pub mod distributed;
 pub mod error;
 pub mod eval;
 pub mod export;

@@ -50,7 +50,7 @@ pub struct StepContext {
     /// steps and sets it before each one; it seeds the target's BN shuffle and picks the step's
     /// momentum.
     step: AtomicUsize,
-    /// Keys of the current step with their device's position, enqueued once the optimizer step
+    /// Keys of the current step with their batch's shard, enqueued once the optimizer step
     /// is done. Clones of the model (one per device) share this list.
     pending: Mutex<Vec<(usize, Tensor<2>)>>,
 }
@@ -84,13 +84,22 @@ impl StepContext {
         self
     }
 
-    /// Position of `device` among the training devices (0 on a single device).
-    fn device_position(&self, device: &Device) -> usize {
-        self.devices.iter().position(|d| d == device).unwrap_or(0)
-    }
-
     pub fn step(&self) -> usize {
         self.step.load(Ordering::SeqCst)
+    }
+
+    /// Replaces the keys this process's step set aside (device order) by what `gather`
+    /// makes of them: under MPI, every rank's keys in rank order.
+    pub fn gather_pending(&self, gather: impl FnOnce(Tensor<2>) -> Tensor<2>) {
+        let mut pending = self.pending.lock().unwrap();
+        pending.sort_by_key(|(position, _)| *position);
+        let keys: Vec<Tensor<2>> = std::mem::take(&mut *pending)
+            .into_iter()
+            .map(|(_, keys)| keys)
+            .collect();
+        if !keys.is_empty() {
+            pending.push((0, gather(Tensor::cat(keys, 0))));
+        }
     }
 
     /// Called by the training loop before each step, with the steps completed so far.
@@ -284,8 +293,8 @@ impl TrainStep for SceModel {
 
     fn step(&self, batch: ViewBatch) -> TrainOutput<SceOutput> {
         let (output, keys) = self.forward_loss(&batch);
-        let position = self.ctx.device_position(&keys.device());
-        self.ctx.pending.lock().unwrap().push((position, keys));
+        // The batch's shard is its device's place (devices may compare equal: two CPUs).
+        self.ctx.pending.lock().unwrap().push((batch.shard, keys));
         let scale = 1.0 / self.ctx.devices.len().max(1) as f64;
         let grads = (output.loss.clone() * scale).backward();
         TrainOutput::new(self, grads, output)
@@ -359,6 +368,7 @@ mod tests {
                 .collect(),
             labels: vec![None; 4],
             indices: (0..4).collect(),
+            shard: 0,
         }
     }
 

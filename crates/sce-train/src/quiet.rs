@@ -56,3 +56,30 @@ impl MetricsRenderer for QuietRenderer {
     fn manual_close(&mut self) {}
     fn register_metric(&mut self, _: MetricDefinition) {}
 }
+
+/// A burn-train metric logger that keeps nothing: MPI ranks other than 0 train the same run,
+/// whose logs rank 0 writes.
+pub struct DiscardMetrics;
+
+impl burn::train::logger::MetricLogger for DiscardMetrics {
+    fn log(
+        &mut self,
+        _: burn::train::metric::store::MetricsUpdate,
+        _: usize,
+        _: &burn::train::metric::store::Split,
+    ) {
+    }
+
+    fn read_numeric(
+        &mut self,
+        _: &str,
+        _: usize,
+        _: &burn::train::metric::store::Split,
+    ) -> Result<Vec<burn::train::metric::NumericEntry>, String> {
+        Ok(Vec::new())
+    }
+
+    fn log_metric_definition(&mut self, _: MetricDefinition) {}
+
+    fn log_epoch_summary(&mut self, _: burn::train::metric::store::EpochSummary) {}
+}

@@ -28,6 +28,9 @@ struct StepDone {
     /// Each device's output, for burn-train's event processor.
     items: Vec<SceOutput>,
     progress: Progress,
+    /// Whether the ranks agreed to stop after this step (across processes, where a stop one
+    /// rank sees alone would leave the others waiting).
+    agreed_stop: Option<bool>,
 }
 
 /// What one epoch's loop updates.
@@ -143,19 +146,35 @@ impl SceStrategy {
             let progress = batches.progress();
             self.step_context.begin_step(run.state.global_step);
             let mut output = learner.train_step(batch);
-            let loss = scalar(&output.item.loss);
+            let mut loss = scalar(&output.item.loss);
+            let mut similarity = scalar(&output.item.positive_similarity);
+            let mut probe = output.item.probe.take();
+            let mut agreed_stop = None;
+            if self.ranks.is_distributed() {
+                let stop = f64::from(u8::from(run.interrupter.should_stop()));
+                let [mean_loss, mean_similarity, stops] =
+                    self.ranks.mean_f64([loss, similarity, stop]);
+                (loss, similarity) = (mean_loss, mean_similarity);
+                agreed_stop = Some(stops > 0.0);
+                if stops > 0.0 && !run.interrupter.should_stop() {
+                    run.interrupter.stop(Some("another rank was interrupted"));
+                }
+                output.grads = self.ranks.average_gradients(output.grads, &learner.model());
+                self.step_context
+                    .gather_pending(|keys| self.ranks.gather_rows(keys));
+                probe = probe.map(|input| self.ranks.gather_probe(input));
+            }
             run.check_finite(loss, &self.run.checkpoints())?;
-            let similarity = scalar(&output.item.positive_similarity);
             learner.lr_step();
             learner.optimizer_step(output.grads);
-            let probe = output.item.probe.take();
             let step = StepDone {
                 loss,
                 similarity,
-                images: self.batch_size,
+                images: self.batch_size * self.ranks.size,
                 probe,
                 items: vec![output.item],
                 progress,
+                agreed_stop,
             };
             if self.after_step(learner, &mut run, step, &mut tick) {
                 break;
@@ -212,6 +231,7 @@ impl SceStrategy {
                 probe: ProbeInput::gather(probe_inputs, main),
                 items,
                 progress,
+                agreed_stop: None,
             };
             if self.after_step(learner, &mut run, step, &mut tick) {
                 break;
@@ -238,7 +258,8 @@ impl SceStrategy {
         for item in step.items {
             run.process(item, step.progress.clone(), learner.lr_current());
         }
-        run.interrupter.should_stop()
+        step.agreed_stop
+            .unwrap_or_else(|| run.interrupter.should_stop())
     }
 
     /// The epoch's line of `metrics.csv`, from its sums and its evaluation.
@@ -261,7 +282,7 @@ impl SceStrategy {
             knn_top1: evaluation.map(|e| e.knn.top1),
             probe_train_top1,
             probe_top1: evaluation.and_then(|e| e.probe_top1),
-            images_per_s: (state.epoch_batches * self.batch_size * self.devices.len()) as f64
+            images_per_s: (state.epoch_batches * self.batch_size * self.replicas()) as f64
                 / state.epoch_seconds.max(1e-9),
             seconds: state.epoch_seconds,
         }

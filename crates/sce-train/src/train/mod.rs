@@ -35,6 +35,7 @@ use self::resume::{restore, restore_probe, resume_point};
 use crate::backend::{init_on_host, parse_device};
 use crate::config::{ConfigSource, TrainConfig, load_config};
 use crate::console::Console;
+use crate::distributed::Ranks;
 use crate::error::usage;
 use crate::model::{SceModel, StepContext};
 use crate::optim::{WarmupCosine, build_optimizer, peak_learning_rate};
@@ -86,22 +87,81 @@ fn online_probe(
     ))
 }
 
-/// Trains (or continues) a run and returns its summary.
+/// Trains (or continues) a run and returns its summary. Started by `mpirun` as one of several
+/// ranks, trains the run together with the other ranks; a failure on this rank ends them all.
 pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
-    let console = args.console;
+    let ranks = Arc::new(Ranks::join()?);
+    let result = pretrain_as(args, ranks.clone());
+    if let Err(e) = &result
+        && ranks.is_distributed()
+    {
+        eprintln!("error on rank {} of {}: {e:#}", ranks.rank, ranks.size);
+        ranks.abort(1);
+    }
+    result
+}
+
+/// `device` for this rank: under MPI an index-less GPU device takes the rank's local index.
+fn rank_device(device: &str, ranks: &Ranks) -> String {
+    let gpu = ["cuda", "wgpu", "vulkan", "metal"].contains(&device.to_ascii_lowercase().as_str());
+    if ranks.is_distributed() && gpu {
+        format!("{device}:{}", ranks.local_rank)
+    } else {
+        device.to_string()
+    }
+}
+
+/// The run directory rank 0 created, on every rank (rank 0 passes its path on).
+fn shared_run_dir(
+    ranks: &Ranks,
+    create: impl FnOnce() -> anyhow::Result<RunDir>,
+) -> anyhow::Result<RunDir> {
+    if ranks.writes() {
+        let run = create()?;
+        ranks.broadcast(run.path.as_os_str().as_encoded_bytes().to_vec());
+        return Ok(run);
+    }
+    let bytes = ranks.broadcast(Vec::new());
+    // SAFETY: the bytes are `as_encoded_bytes` of a path of the same build on the same platform.
+    let path = unsafe { std::ffi::OsString::from_encoded_bytes_unchecked(bytes) };
+    Ok(RunDir::written_elsewhere(PathBuf::from(path)))
+}
+
+fn pretrain_as(args: &PretrainArgs, ranks: Arc<Ranks>) -> anyhow::Result<Summary> {
+    // Rank 0 speaks for the run; the others only report their errors.
+    let console = Console {
+        quiet: args.console.quiet || !ranks.writes(),
+    };
     let (config, existing_run, resume_from) = match &args.resume {
         Some(dir) => {
-            let run = RunDir::open_locked(dir.clone())?;
+            // Rank 0 locks the run (and may restore its config) before the others read it.
+            let run = shared_run_dir(&ranks, || RunDir::open_locked(dir.clone()))?;
             let config = load_config(&ConfigSource {
                 path: run.config_path(),
                 overrides: args.source.overrides.clone(),
             })?;
-            let resume_from = resume_point(&run, &config, args.force, &console)?;
+            // Rank 0 sets damaged checkpoints aside before the others look for theirs.
+            let resume_from = if ranks.writes() {
+                let point = resume_point(&run, &config, args.force, &console)?;
+                ranks.barrier();
+                point
+            } else {
+                ranks.barrier();
+                resume_point(&run, &config, args.force, &console)?
+            };
             (config, Some(run), resume_from)
         }
         None => (load_config(&args.source)?, None, None),
     };
-    let devices = if args.devices.is_empty() {
+    let devices = if ranks.is_distributed() {
+        if !args.devices.is_empty() {
+            return Err(usage(
+                "--devices trains on several devices in one process; under mpirun each rank \
+                 takes one device (--device cuda gives rank r the device cuda:LOCAL_RANK)",
+            ));
+        }
+        vec![parse_device(&rank_device(&args.device, &ranks))?]
+    } else if args.devices.is_empty() {
         vec![parse_device(&args.device)?]
     } else {
         args.devices
@@ -109,13 +169,13 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
             .map(|d| parse_device(d))
             .collect::<anyhow::Result<Vec<_>>>()?
     };
-    let keys_per_step = config.keys_per_step() * devices.len();
+    let replicas = devices.len() * ranks.size;
+    let keys_per_step = config.keys_per_step() * replicas;
     if !config.method.queue_size.is_multiple_of(keys_per_step) {
         return Err(usage(format!(
-            "`method.queue_size` = {} must be a multiple of the {keys_per_step} keys all {} \
-             devices enqueue per step",
+            "`method.queue_size` = {} must be a multiple of the {keys_per_step} keys all \
+             {replicas} devices enqueue per step",
             config.method.queue_size,
-            devices.len()
         )));
     }
     let device = devices[0].clone();
@@ -152,21 +212,32 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
         },
         train_device.clone(),
     )?;
-    let evaluator = knn_evaluator(
-        &config,
-        &data,
-        eval_transform(&config, norm),
-        &device,
-        &console,
-    )?;
+    // Each rank draws its own shard of every epoch's batches (one shard without MPI).
+    let loader = if ranks.is_distributed() {
+        loader.shard(ranks.rank, ranks.size, &train_device)
+    } else {
+        loader
+    };
+    // Evaluation runs once, on rank 0.
+    let evaluator = if ranks.writes() {
+        knn_evaluator(
+            &config,
+            &data,
+            eval_transform(&config, norm),
+            &device,
+            &console,
+        )?
+    } else {
+        None
+    };
     // Everything the run needs is there: only now does it get a directory.
     let run = match existing_run {
         Some(run) => run,
-        None => {
+        None => shared_run_dir(&ranks, || {
             let run = RunDir::create(RunDir::choose(args.output.as_deref(), &args.source.path))?;
             run.write_config(&config, &args.origin)?;
-            run
-        }
+            Ok(run)
+        })?,
     };
 
     let steps_per_epoch = loader.batches_per_epoch() / devices.len();
@@ -191,7 +262,7 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
         SceModel::new(&networks, config.method.queue_size, ctx, device)
     })?;
     let optim = build_optimizer(&config.optim);
-    let peak = peak_learning_rate(config.optim.lr, config.run.batch_size, devices.len());
+    let peak = peak_learning_rate(config.optim.lr, config.run.batch_size, replicas);
     let warmup = (config.optim.warmup_epochs * steps_per_epoch as f64).round() as usize;
     let mut scheduler = WarmupCosine::new(peak, warmup, total_steps);
     let probe = online_probe(
@@ -210,8 +281,23 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
                 restore(&run, step, manifest.state, model, optim, &mut scheduler)?;
             (model, optim, state, probe)
         }
-        None => (model, optim, TrainState::fresh(config.run.seed), probe),
+        None => (
+            model,
+            optim,
+            TrainState::fresh(config.run.seed, ranks.size),
+            probe,
+        ),
     };
+    if state.ranks != ranks.size {
+        return Err(usage(format!(
+            "{} was trained on {} process(es) and this is {}: its data shards and global batch \
+             depend on the count, so resume it with as many (mpirun -np {})",
+            run.path.display(),
+            state.ranks,
+            ranks.size,
+            state.ranks
+        )));
+    }
     if state.epoch >= config.run.epochs {
         console.line(format!(
             "{} already finished its {} epochs",
@@ -221,12 +307,19 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
         return run.read_summary();
     }
     console.line(format!(
-        "{} on {} ({} images, {} steps/epoch, {} epochs) on {device:?}; run directory {}",
+        "{} on {} ({} images, {} steps/epoch, {} epochs) on {device:?}{}; run directory {}",
         format!("{:?}", config.method.name).to_lowercase(),
         data.kind,
         train_source.len(),
         steps_per_epoch,
         config.run.epochs,
+        match ranks.size {
+            1 => String::new(),
+            n => format!(
+                " × {n} MPI ranks (global batch {})",
+                config.run.batch_size * replicas
+            ),
+        },
         run.path.display()
     ));
     if state.global_step > 0 {
@@ -238,14 +331,23 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
         ));
     }
 
+    // Only rank 0 writes TensorBoard events and pictures.
+    let report_section = if ranks.writes() {
+        config.report.clone()
+    } else {
+        crate::config::ReportSection {
+            tensorboard: false,
+            embedding_map: false,
+        }
+    };
     let mut report = RunLog::open(
         run.path.clone(),
-        &config.report,
+        &report_section,
         config.run.seed,
         (state.global_step > 0).then_some(state.global_step),
         console,
     );
-    if state.global_step == 0 {
+    if state.global_step == 0 && ranks.writes() {
         let names = crate::report::preview::view_names(&config);
         let images = crate::report::preview::DEFAULT_IMAGES;
         match augmentation_grid(&*train_source, &pipeline, &names, images, config.run.seed) {
@@ -261,6 +363,7 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
         devices: train_devices,
         loader: loader.clone(),
         step_context: model.ctx.clone(),
+        ranks: ranks.clone(),
         evaluator,
         probe: probe.map(Mutex::new),
         run: run.clone(),
@@ -291,6 +394,14 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
         .metrics((LossMetric::new(),))
         .metric_train_numeric(LearningRateMetric::new())
         .num_epochs(config.run.epochs);
+    // Burn's metric logs and experiment.log are rank 0's to write.
+    let training = if ranks.writes() {
+        training
+    } else {
+        training
+            .with_metric_logger(crate::quiet::DiscardMetrics)
+            .with_application_logger(None)
+    };
     let result = training.launch(Learner::new(model, optim, scheduler));
     drop(result);
 
@@ -313,7 +424,20 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
             skipped.len()
         ));
     }
-    match outcome? {
+    let outcome = outcome?;
+    // Every rank has finished (and rank 0 saved) before any rank reports or exits.
+    ranks.barrier();
+    if let Some(cost) = ranks.exchange_cost() {
+        console.line(format!(
+            "gradient exchange across {} ranks: {:.1} MB of f32 per rank and step, {:.1} ms per \
+             step (host copies included; mean of {} steps)",
+            ranks.size,
+            cost.values_per_step as f64 * 4.0 / 1e6,
+            cost.seconds_per_step * 1e3,
+            cost.steps
+        ));
+    }
+    match outcome {
         Ending::Interrupted => Err(anyhow!(
             "training interrupted at epoch {}, batch {} (step {}); the checkpoint is saved — \
              continue with: sce-train pretrain --resume {}",
@@ -328,7 +452,11 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
                 .last()
                 .ok_or_else(|| anyhow!("no epoch completed"))?;
             // A summary speaks for a run whose final checkpoint is on disk, never past it.
-            verify(&checkpoints, state.global_step).with_context(|| {
+            let verified = match ranks.writes() {
+                true => verify(&checkpoints, state.global_step).map(|_| ()),
+                false => Ok(()),
+            };
+            verified.with_context(|| {
                 format!(
                     "the final checkpoint (step {}) of {} is not intact",
                     state.global_step,
@@ -352,7 +480,9 @@ pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
                 seconds: state.wall_seconds,
                 skipped,
             };
-            run.write_summary(&summary)?;
+            if ranks.writes() {
+                run.write_summary(&summary)?;
+            }
             Ok(summary)
         }
     }

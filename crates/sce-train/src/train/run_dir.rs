@@ -101,6 +101,11 @@ impl RunDir {
             .expect("an unused run name exists")
     }
 
+    /// The run directory another process (MPI rank 0) writes: read, never written or locked.
+    pub fn written_elsewhere(path: PathBuf) -> Self {
+        Self { path, _lock: None }
+    }
+
     /// Creates a fresh run directory and locks it; refuses one that already holds a run.
     pub fn create(path: PathBuf) -> anyhow::Result<Self> {
         std::fs::create_dir_all(path.join("checkpoints"))

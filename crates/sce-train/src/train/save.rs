@@ -65,7 +65,7 @@ impl SceStrategy {
         checkpointer: Option<&mut LearningCheckpointer<SceModel>>,
         store: &EventStoreClient,
     ) -> anyhow::Result<()> {
-        let Some(checkpointer) = checkpointer else {
+        let Some(checkpointer) = checkpointer.filter(|_| self.ranks.writes()) else {
             return Ok(());
         };
         let model = learner.model();

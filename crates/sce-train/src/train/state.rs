@@ -51,12 +51,21 @@ pub struct TrainState {
     pub wall_seconds: f64,
     pub knn_initial: Option<f64>,
     pub history: Vec<EpochRow>,
+    /// Processes (MPI ranks) the run trains on: its data shards and global batch depend on it,
+    /// so it resumes only on as many.
+    #[serde(default = "one")]
+    pub ranks: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl TrainState {
-    pub fn fresh(seed: u64) -> Self {
+    pub fn fresh(seed: u64, ranks: usize) -> Self {
         Self {
             seed,
+            ranks,
             ..Default::default()
         }
     }

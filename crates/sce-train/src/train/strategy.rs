@@ -28,6 +28,7 @@ use super::probe::OnlineProbe;
 use super::run_dir::RunDir;
 use super::state::TrainState;
 use crate::console::Console;
+use crate::distributed::Ranks;
 use crate::eval::{KnnEvaluation, KnnEvaluator};
 use crate::model::{SceModel, StepContext};
 use crate::report::run_log::RunLog;
@@ -43,6 +44,8 @@ pub struct SceStrategy {
     /// Training devices (autodiff); the first holds the Learner's model and the queue.
     pub devices: Vec<Device>,
     pub loader: ViewLoader,
+    /// This process's place among the ranks of a run across processes (one rank without MPI).
+    pub ranks: Arc<Ranks>,
     /// Shared with every copy of the model: told the step before each one (the loop's
     /// `TrainState::global_step` is the one count).
     pub step_context: Arc<StepContext>,
@@ -70,6 +73,11 @@ pub struct SceStrategy {
 pub(super) type Processor = SupervisedTrainingEventProcessor<SceModel>;
 
 impl SceStrategy {
+    /// How many model replicas compute each step: devices of this process × ranks.
+    pub(super) fn replicas(&self) -> usize {
+        self.devices.len() * self.ranks.size
+    }
+
     /// kNN of the online trunk and, with `probe`, the online probe's top-1 on the same test
     /// features; the test embeddings' map goes to the run directory and TensorBoard.
     fn knn(
@@ -157,6 +165,10 @@ impl SceStrategy {
                 return Ok(Ending::Interrupted);
             }
             interrupter.fail_on_error(processor.process_train(LearnerEvent::EndSplit(epoch + 1)));
+            if self.ranks.is_distributed() {
+                let checksum = online_checksum(&learner.model());
+                self.ranks.check_agreement(checksum, state.global_step)?;
+            }
 
             let last = epoch + 1 == self.epochs;
             let evaluation = if last || (epoch + 1).is_multiple_of(self.knn_every) {
@@ -171,13 +183,15 @@ impl SceStrategy {
             self.report_epoch(&row, evaluation.as_ref().map(|e| e.knn.top5));
             state.end_epoch(row);
             interrupter.fail_on_error(processor.process_train(LearnerEvent::EndEpoch(epoch + 1)));
-            self.run.write_metrics(&state.history)?;
-            if let Err(e) = plot_history(
-                &self.run.path.join("training.png"),
-                &state.history,
-                state.knn_initial,
-            ) {
-                self.console.line(format!("warning: no plot: {e:#}"));
+            if self.ranks.writes() {
+                self.run.write_metrics(&state.history)?;
+                if let Err(e) = plot_history(
+                    &self.run.path.join("training.png"),
+                    &state.history,
+                    state.knn_initial,
+                ) {
+                    self.console.line(format!("warning: no plot: {e:#}"));
+                }
             }
             state.wall_seconds = wall_before + session.elapsed().as_secs_f64();
             if last || (epoch + 1).is_multiple_of(self.checkpoint_every) {
@@ -218,4 +232,16 @@ impl SupervisedLearningStrategy<SceModel> for SceStrategy {
         *self.outcome.lock().unwrap() = Some(outcome);
         (learner.model(), event_processor)
     }
+}
+
+/// The sum of the online network's trained parameters, in float64: equal on every rank
+/// exactly when the ranks stepped alike. BatchNorm's running statistics are left out: each
+/// rank's follow its own batches (rank 0's are the ones saved, as device 0's are in one
+/// process).
+fn online_checksum(model: &SceModel) -> f64 {
+    sce_model::params::named_tensors(model.pair.online())
+        .into_iter()
+        .filter(|(path, _)| !sce_model::params::is_buffer(path))
+        .map(|(_, t)| t.sum().into_scalar::<f64>())
+        .sum()
 }
