@@ -5,6 +5,8 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
+use crate::norm::synced_batch_norm;
+use sce_ops::norm::AfterNorm;
 
 /// An MLP head as SCE builds them (spec §2.2): each layer is Linear, optional BN1d, ReLU (not on
 /// the last). A Linear followed by BN has no bias; hidden BNs are affine; the optional last BN is
@@ -111,7 +113,7 @@ impl Mlp {
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.linear.forward(x);
             if let Some(bn) = &layer.norm {
-                x = bn.forward(x);
+                x = batch_norm_1d(bn, x);
             }
             if i != last {
                 x = relu(x);
@@ -119,6 +121,17 @@ impl Mlp {
         }
         x
     }
+}
+
+/// `bn` on `[N, C]` features: synchronised across ranks in training when the run has several
+/// (SyncBatchNorm), Burn's batch norm otherwise.
+fn batch_norm_1d(bn: &BatchNorm, x: Tensor<2>) -> Tensor<2> {
+    let training = x.device().is_autodiff() && bn.training.is_enabled();
+    if !(training && sce_ops::ranks::sums_over_ranks()) {
+        return bn.forward(x);
+    }
+    let [n, c] = x.dims();
+    synced_batch_norm(bn, x.reshape([n, c, 1, 1]), AfterNorm::none()).reshape([n, c])
 }
 
 #[cfg(test)]

@@ -212,7 +212,9 @@ pub fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("{}", crate::error::report(&error));
+            if !error.is::<crate::error::Silent>() {
+                eprintln!("{}", crate::error::report(&error));
+            }
             std::process::ExitCode::from(crate::error::exit_code(&error))
         }
     }

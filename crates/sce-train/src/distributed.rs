@@ -8,7 +8,7 @@
 //! step's figures); the sums' order is MPI's, the same on every rank, so all ranks hold
 //! bit-identical models.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
@@ -31,6 +31,9 @@ pub struct Ranks {
     /// What the gradient exchanges have cost so far: steps, values, nanoseconds (host copies
     /// included).
     exchanged: [AtomicU64; 3],
+    /// Set once every rank has reached the end of training together: what fails after that
+    /// (an interrupted run's ending) fails alike on every rank and needs no abort.
+    ended_together: AtomicBool,
 }
 
 /// What the gradient exchanges of a session cost.
@@ -80,6 +83,7 @@ impl Ranks {
             local_rank: 0,
             comm: None,
             exchanged: Default::default(),
+            ended_together: AtomicBool::new(false),
         }
     }
 
@@ -96,6 +100,7 @@ impl Ranks {
             local_rank: launched_local_rank(),
             comm: Some(comm),
             exchanged: Default::default(),
+            ended_together: AtomicBool::new(false),
         })
     }
 
@@ -117,6 +122,18 @@ impl Ranks {
         }
     }
 
+    /// Waits for every rank at the end of training; from then on every rank knows how the
+    /// others ended.
+    pub fn end_together(&self) {
+        self.barrier();
+        self.ended_together.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`end_together`](Self::end_together) has returned.
+    pub fn ended_together(&self) -> bool {
+        self.ended_together.load(Ordering::SeqCst)
+    }
+
     /// Waits for every rank.
     pub fn barrier(&self) {
         if let Some(comm) = &self.comm {
@@ -132,6 +149,14 @@ impl Ranks {
         let mut sums = [0.0; N];
         comm.sum_f64(&values, &mut sums);
         sums.map(|s| s / self.size as f64)
+    }
+
+    /// Replaces `values` by their element-wise sum over the ranks.
+    pub fn sum_in_place(&self, values: &mut [f32]) {
+        if let Some(comm) = &self.comm {
+            let local = values.to_vec();
+            comm.sum_f32(&local, values);
+        }
     }
 
     /// Every rank's `values` (the same length on each), in rank order.

@@ -20,6 +20,17 @@ pub fn usage(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(message.into()))
 }
 
+/// Marks an error another process reports (rank 0 speaks for an MPI run): it sets the exit
+/// code but is not printed.
+#[derive(Debug)]
+pub struct Silent;
+
+impl fmt::Display for Silent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("reported by rank 0")
+    }
+}
+
 /// The exit code for an error chain: 2 if any cause is a usage error, else 1.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     if error.chain().any(|e| e.is::<UsageError>()) {

@@ -1,10 +1,11 @@
-//! Training batch norm split into groups for the target trunk (MoCo's SplitBatchNorm), over
+//! Training batch norm split into groups for the target trunk (MoCo's SplitBatchNorm) or
+//! synchronised across the ranks of a distributed run (SyncBatchNorm), over
 //! sce-ops' batch norm (statistics reduced the way the device gets right, fused with what
 //! follows it on `flex`).
 
 mod split;
 
-pub use split::{split_batch_norm, split_batch_norm_then};
+pub use split::{split_batch_norm, split_batch_norm_then, synced_batch_norm};
 
 #[cfg(test)]
 mod tests {

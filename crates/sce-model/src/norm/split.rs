@@ -7,8 +7,9 @@ use burn::tensor::Tensor;
 use sce_ops::norm::fused_batch_norm_inference;
 use sce_ops::norm::{
     AfterNorm, StatisticsReduction, batch_norm_with_statistics, fused_kernels_apply,
-    statistics_reduction,
+    rank_synced_batch_norm, statistics_reduction,
 };
+use sce_ops::ranks::sums_over_ranks;
 
 use crate::ModelError;
 
@@ -47,6 +48,15 @@ pub fn split_batch_norm_then(
         }
         return Ok(after.apply(bn.forward(x)));
     }
+    if sums_over_ranks() {
+        if splits > 1 {
+            return Err(ModelError::Config(format!(
+                "batch norm synchronised across ranks cannot also split the batch into {splits} \
+                 groups"
+            )));
+        }
+        return Ok(synced_batch_norm(bn, x, after));
+    }
     if splits == 1 && reduction == StatisticsReduction::Fused && !fused {
         return Ok(after.apply(bn.forward(x)));
     }
@@ -68,14 +78,29 @@ pub fn split_batch_norm_then(
         after,
     );
     let group_mean = |t: Tensor<1>| t.reshape([splits, c]).mean_dim(0).reshape([c]);
-    let device = output.device();
+    update_running_statistics(bn, group_mean(mean), group_mean(variance));
+    Ok(output.reshape([n, c, h, w]))
+}
+
+/// SyncBatchNorm: training batch norm of `x` with the statistics of every rank's batch
+/// together (`sce_ops::ranks`), then `after`; the running statistics follow the global ones,
+/// so they are the same on every rank.
+pub fn synced_batch_norm(bn: &BatchNorm, x: Tensor<4>, after: AfterNorm) -> Tensor<4> {
+    let (output, mean, variance) =
+        rank_synced_batch_norm(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, after);
+    update_running_statistics(bn, mean, variance);
+    output
+}
+
+/// Moves the running statistics towards a training batch's (`[C]`), as Burn's batch norm does.
+fn update_running_statistics(bn: &BatchNorm, mean: Tensor<1>, variance: Tensor<1>) {
+    let device = mean.device();
     let momentum = bn.momentum;
     let update = |old: Tensor<1>, batch: Tensor<1>| {
-        (old.to_device(&device) * (1.0 - momentum) + group_mean(batch.detach()) * momentum).detach()
+        (old.to_device(&device) * (1.0 - momentum) + batch.detach() * momentum).detach()
     };
     bn.running_mean
         .update(update(bn.running_mean.value_sync(), mean));
     bn.running_var
         .update(update(bn.running_var.value_sync(), variance));
-    Ok(output.reshape([n, c, h, w]))
 }

@@ -5,6 +5,7 @@
 //! - `batch_norm`: the operation, composed from Burn's operations or fused.
 //! - `kernels`, `flex`: the fused CPU kernels and their Burn backend extension, with their own
 //!   backward step.
+//! - `synced`: SyncBatchNorm's operation, with the statistics of every rank's batch.
 
 mod batch_norm;
 #[cfg(feature = "flex")]
@@ -12,6 +13,7 @@ mod flex;
 #[cfg(any(test, feature = "flex"))]
 mod kernels;
 mod switches;
+mod synced;
 
 pub use batch_norm::{
     AfterNorm, batch_norm_with_statistics, composed_batch_norm, fused_kernels_apply,
@@ -22,3 +24,4 @@ pub use switches::{
     NormKernels, StatisticsReduction, norm_kernels, set_norm_kernels, set_statistics_reduction,
     statistics_reduction,
 };
+pub use synced::rank_synced_batch_norm;

@@ -143,17 +143,22 @@ pub fn load_config(source: &ConfigSource) -> anyhow::Result<TrainConfig> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_shortened_run_keeps_its_warmup_fraction() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/folder.toml");
-        let source = |overrides: &[(&str, &str)]| ConfigSource {
-            path: path.clone(),
+    /// A shipped config with `--set` overrides.
+    fn shipped(name: &str, overrides: &[(&str, &str)]) -> ConfigSource {
+        ConfigSource {
+            path: std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../configs")
+                .join(name),
             overrides: overrides
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_shortened_run_keeps_its_warmup_fraction() {
+        let source = |overrides: &[(&str, &str)]| shipped("folder.toml", overrides);
         // folder.toml: 5 warmup epochs of 100 (its own values are checked below).
         let mut short = source(&[("run.epochs", "2")]);
         let note = fit_warmup_to_epochs(&mut short).unwrap().unwrap();
@@ -191,6 +196,21 @@ mod tests {
             checked.iter().any(|name| name == "fashion-mnist-hour.toml"),
             "{checked:?}"
         );
+    }
+
+    /// SyncBatchNorm replaces the target's split batch norm (spec §2.5): asking for both is a
+    /// configuration mistake, named.
+    #[test]
+    fn synchronised_batch_norm_refuses_split_batch_norm() {
+        let source = |overrides: &[(&str, &str)]| shipped("tiny.toml", overrides);
+        let error = load_config(&source(&[("model.sync_bn", "true")])).unwrap_err();
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("model.sync_bn") && message.contains("model.bn_splits = 1, not 8"),
+            "{message}"
+        );
+        let both = [("model.sync_bn", "true"), ("model.bn_splits", "1")];
+        assert!(load_config(&source(&both)).unwrap().model.sync_bn);
     }
 
     #[test]

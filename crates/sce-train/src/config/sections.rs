@@ -110,6 +110,11 @@ pub struct ModelSection {
     /// Batch-norm groups of the target trunk (spec §2.5): 8 on one device, 1 to disable.
     #[serde(default = "one")]
     pub bn_splits: usize,
+    /// SyncBatchNorm: under MPI every training batch norm (both trunks, projector, predictor)
+    /// normalises with the statistics of all ranks' batches (spec §2.5, the ImageNet recipes).
+    /// One process normalises its batch either way.
+    #[serde(default)]
+    pub sync_bn: bool,
 }
 
 /// The objective being trained.
@@ -418,6 +423,16 @@ impl TrainConfig {
                 format!(
                     "{} must be >= 1 and divide run.batch_size = {}",
                     m.bn_splits, r.batch_size
+                ),
+            );
+        }
+        if m.sync_bn && m.bn_splits > 1 {
+            return bad(
+                "model.sync_bn",
+                format!(
+                    "SyncBatchNorm replaces the target's split batch norm (spec §2.5): set \
+                     model.bn_splits = 1, not {}",
+                    m.bn_splits
                 ),
             );
         }

@@ -92,13 +92,41 @@ fn online_probe(
 pub fn pretrain(args: &PretrainArgs) -> anyhow::Result<Summary> {
     let ranks = Arc::new(Ranks::join()?);
     let result = pretrain_as(args, ranks.clone());
-    if let Err(e) = &result
-        && ranks.is_distributed()
-    {
-        eprintln!("error on rank {} of {}: {e:#}", ranks.rank, ranks.size);
-        ranks.abort(1);
+    match result {
+        Err(e) if ranks.is_distributed() && !ranks.ended_together() => {
+            eprintln!("error on rank {} of {}: {e:#}", ranks.rank, ranks.size);
+            ranks.abort(1);
+            Err(e)
+        }
+        // Past the end every rank ended alike (an interrupted run): rank 0 says so, the
+        // others leave with the same status.
+        Err(e) if !ranks.writes() => Err(e.context(crate::error::Silent)),
+        result => result,
     }
-    result
+}
+
+/// With `model.sync_bn`, hands sce-ops the ranks' all-reduce, which turns every training
+/// batch norm into SyncBatchNorm. Several devices of one process keep their own statistics.
+fn synchronise_batch_norm(
+    config: &TrainConfig,
+    ranks: &Arc<Ranks>,
+    devices: usize,
+    console: &Console,
+) {
+    if !config.model.sync_bn {
+        return;
+    }
+    if ranks.is_distributed() {
+        let ranks = ranks.clone();
+        sce_ops::ranks::sum_over_ranks_with(Some(Arc::new(move |values: &mut [f32]| {
+            ranks.sum_in_place(values)
+        })));
+    } else if devices > 1 {
+        console.line(format!(
+            "note: model.sync_bn synchronises batch norm across MPI ranks; the {devices} devices \
+             of this process normalise their own batches"
+        ));
+    }
 }
 
 /// `device` for this rank: under MPI an index-less GPU device takes the rank's local index.
@@ -169,6 +197,7 @@ fn pretrain_as(args: &PretrainArgs, ranks: Arc<Ranks>) -> anyhow::Result<Summary
             .map(|d| parse_device(d))
             .collect::<anyhow::Result<Vec<_>>>()?
     };
+    synchronise_batch_norm(&config, &ranks, devices.len(), &console);
     let replicas = devices.len() * ranks.size;
     let keys_per_step = config.keys_per_step() * replicas;
     if !config.method.queue_size.is_multiple_of(keys_per_step) {
@@ -426,7 +455,7 @@ fn pretrain_as(args: &PretrainArgs, ranks: Arc<Ranks>) -> anyhow::Result<Summary
     }
     let outcome = outcome?;
     // Every rank has finished (and rank 0 saved) before any rank reports or exits.
-    ranks.barrier();
+    ranks.end_together();
     if let Some(cost) = ranks.exchange_cost() {
         console.line(format!(
             "gradient exchange across {} ranks: {:.1} MB of f32 per rank and step, {:.1} ms per \
