@@ -261,22 +261,26 @@ impl Ranks {
         if self.comm.is_none() {
             return Ok(());
         }
-        let sums = self.gather_f64(&[checksum]);
-        let differing: Vec<String> = sums
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.to_bits() != sums[0].to_bits())
-            .map(|(rank, s)| format!("rank {rank}: {s}"))
-            .collect();
-        anyhow::ensure!(
-            differing.is_empty(),
-            "the ranks' models differ at step {step} (rank 0: {}; {}): the ranks did not step \
-             alike — check that every rank runs the same sce-train build and configuration",
-            sums[0],
-            differing.join(", ")
-        );
-        Ok(())
+        agreement(&self.gather_f64(&[checksum]), step)
     }
+}
+
+/// An error naming the ranks whose checksum differs from rank 0's, to the bit.
+fn agreement(sums: &[f64], step: usize) -> anyhow::Result<()> {
+    let differing: Vec<String> = sums
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.to_bits() != sums[0].to_bits())
+        .map(|(rank, s)| format!("rank {rank}: {s}"))
+        .collect();
+    anyhow::ensure!(
+        differing.is_empty(),
+        "the ranks' models differ at step {step} (rank 0: {}; {}): the ranks did not step \
+         alike — check that every rank runs the same sce-train build and configuration",
+        sums[0],
+        differing.join(", ")
+    );
+    Ok(())
 }
 
 fn host_f32<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
@@ -471,5 +475,24 @@ impl Comm {
     }
     fn broadcast(&self, _: Vec<u8>, _: usize) -> Vec<u8> {
         match *self {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_whose_models_differ_by_a_bit_are_named() {
+        assert!(agreement(&[1.5, 1.5, 1.5], 7).is_ok());
+        let off_by_one_ulp = f64::from_bits(1.5f64.to_bits() + 1);
+        let message = agreement(&[1.5, 1.5, off_by_one_ulp], 7)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("differ at step 7") && message.contains("rank 2:"),
+            "{message}"
+        );
+        assert!(!message.contains("rank 1:"), "{message}");
     }
 }
