@@ -69,6 +69,7 @@ pub fn run(data: &str, features: &str) -> anyhow::Result<()> {
         &["check", "--device", "wgpu"],
         &envs,
     )?;
+    missing_device_is_refused(bin, &envs)?;
     let runs = target_dir().join("gpu-path");
     let wgpu = tiny_run(bin, "wgpu", &runs, data, &envs)?;
     let cpu = tiny_run(bin, "cpu", &runs, data, &envs)?;
@@ -242,6 +243,27 @@ fn step_losses(run: &Path) -> anyhow::Result<Vec<f64>> {
         losses.len()
     );
     Ok(losses)
+}
+
+/// A GPU the machine lacks is a usage error naming the devices it has, never the backend's
+/// panic on first use.
+fn missing_device_is_refused(bin: &str, envs: &[(&str, &str)]) -> anyhow::Result<()> {
+    let out = Command::new(bin)
+        .args(["check", "--device", "wgpu:9"])
+        .envs(envs.iter().copied())
+        .output()
+        .with_context(|| format!("cannot start {bin}"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(
+        out.status.code() == Some(2)
+            && stderr.contains("is not on this machine")
+            && !stderr.contains("panicked"),
+        "`sce-train check --device wgpu:9` should be refused as a missing device (exit 2), \
+         got {}: {stderr}",
+        out.status
+    );
+    eprintln!("\nGPU path: a missing device is refused: {}", stderr.trim());
+    Ok(())
 }
 
 #[cfg(test)]

@@ -73,25 +73,33 @@ pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
         }
         "cuda" => {
             #[cfg(feature = "cuda")]
-            return Ok(Device::cuda(n));
+            return present(Device::cuda(n), spec, burn::tensor::DeviceType::Cuda);
             #[allow(unreachable_code)]
             Err(not_compiled(spec, "cuda"))
         }
         "wgpu" => {
             #[cfg(feature = "wgpu")]
-            return Ok(Device::wgpu(gpu_kind));
+            return present(Device::wgpu(gpu_kind), spec, burn::tensor::DeviceType::Wgpu);
             #[allow(unreachable_code)]
             Err(not_compiled(spec, "wgpu"))
         }
         "vulkan" => {
             #[cfg(feature = "vulkan")]
-            return Ok(Device::vulkan(gpu_kind));
+            return present(
+                Device::vulkan(gpu_kind),
+                spec,
+                burn::tensor::DeviceType::Vulkan,
+            );
             #[allow(unreachable_code)]
             Err(not_compiled(spec, "vulkan"))
         }
         "metal" => {
             #[cfg(feature = "metal")]
-            return Ok(Device::metal(gpu_kind));
+            return present(
+                Device::metal(gpu_kind),
+                spec,
+                burn::tensor::DeviceType::Metal,
+            );
             #[allow(unreachable_code)]
             Err(not_compiled(spec, "metal"))
         }
@@ -101,6 +109,29 @@ pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
             compiled_backends().join(", ")
         ))),
     }
+}
+
+/// `device` if this machine has it: a GPU device that is not there would make the backend
+/// panic on first use. `wgpu` without an index is any adapter; with one, a discrete GPU.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn present(device: Device, spec: &str, kind: burn::tensor::DeviceType) -> anyhow::Result<Device> {
+    let found = Device::enumerate(kind);
+    if found.contains(&device) || (!spec.contains(':') && !found.is_empty()) {
+        return Ok(device);
+    }
+    let listed: Vec<String> = found.iter().map(|d| format!("{d:?}")).collect();
+    Err(usage(match listed.is_empty() {
+        true => format!(
+            "device `{spec}`: this machine has no such device (is its driver installed?); \
+             `sce-train check --device cpu` runs without one"
+        ),
+        false => format!(
+            "device `{spec}` is not on this machine, which has: {} (an index names a \
+             discrete GPU; without one, `{}` takes the default adapter)",
+            listed.join(", "),
+            spec.split(':').next().unwrap_or(spec)
+        ),
+    }))
 }
 
 /// Builds a module with `build` where its random initial weights are drawn the same on every

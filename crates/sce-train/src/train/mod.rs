@@ -129,13 +129,23 @@ fn synchronise_batch_norm(
     }
 }
 
-/// `device` for this rank: under MPI an index-less GPU device takes the rank's local index.
-fn rank_device(device: &str, ranks: &Ranks) -> String {
-    let gpu = ["cuda", "wgpu", "vulkan", "metal"].contains(&device.to_ascii_lowercase().as_str());
-    if ranks.is_distributed() && gpu {
-        format!("{device}:{}", ranks.local_rank)
-    } else {
-        device.to_string()
+/// `device` for this rank: under MPI an index-less GPU device takes the rank's local index
+/// (one GPU per rank). Where the node has no such wgpu device (fewer GPUs than ranks, or one
+/// integrated or software adapter), the ranks share the default adapter; a missing CUDA
+/// device is an error.
+fn rank_device(device: &str, ranks: &Ranks) -> anyhow::Result<Device> {
+    let lower = device.to_ascii_lowercase();
+    if !ranks.is_distributed() || !["cuda", "wgpu", "vulkan", "metal"].contains(&lower.as_str()) {
+        return parse_device(device);
+    }
+    match parse_device(&format!("{device}:{}", ranks.local_rank)) {
+        Err(_) if lower != "cuda" => parse_device(device),
+        result => result.with_context(|| {
+            format!(
+                "rank {} (local rank {}) takes device `{device}:{}`",
+                ranks.rank, ranks.local_rank, ranks.local_rank
+            )
+        }),
     }
 }
 
@@ -188,7 +198,7 @@ fn pretrain_as(args: &PretrainArgs, ranks: Arc<Ranks>) -> anyhow::Result<Summary
                  takes one device (--device cuda gives rank r the device cuda:LOCAL_RANK)",
             ));
         }
-        vec![parse_device(&rank_device(&args.device, &ranks))?]
+        vec![rank_device(&args.device, &ranks)?]
     } else if args.devices.is_empty() {
         vec![parse_device(&args.device)?]
     } else {
