@@ -37,7 +37,7 @@ const ICD_FOLDERS: [&str; 2] = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"];
 pub fn run(data: &str, features: &str) -> anyhow::Result<()> {
     let start = Instant::now();
     if !vulkan_present() {
-        if !(std::env::var("CI").as_deref() == Ok("true") && is_root()) {
+        if !may_install() {
             eprintln!(
                 "\n==> GPU path: skipped, no Vulkan driver here; install one (Debian: `apt-get \
                  install {}`) or run as root with CI=true to have xtask install it",
@@ -132,7 +132,12 @@ fn vulkan_present() -> bool {
     loader && driver
 }
 
-pub fn is_root() -> bool {
+/// Whether xtask may install system packages a stage needs: on CI (`CI=true`), as root.
+pub fn may_install() -> bool {
+    std::env::var("CI").as_deref() == Ok("true") && is_root()
+}
+
+fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

@@ -27,7 +27,7 @@ pub fn prepare() -> anyhow::Result<bool> {
     if present() {
         return Ok(true);
     }
-    if !(std::env::var("CI").as_deref() == Ok("true") && crate::gpu_path::is_root()) {
+    if !crate::gpu_path::may_install() {
         eprintln!(
             "\n==> MPI: skipped, no Open MPI here; install it (Debian: `apt-get install {}`) or \
              run as root with CI=true to have xtask install it",
@@ -44,7 +44,8 @@ pub fn prepare() -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// Two ranks against one process with two devices, and a killed rank resumed.
+/// Two ranks against one process with two devices, SyncBatchNorm against one device with the
+/// global batch, and a killed rank resumed.
 pub fn run(data: &str, features: &str) -> anyhow::Result<()> {
     step(
         "MPI: two ranks on the CPU",

@@ -78,7 +78,7 @@ pub fn split_batch_norm_then(
         after,
     );
     let group_mean = |t: Tensor<1>| t.reshape([splits, c]).mean_dim(0).reshape([c]);
-    update_running_statistics(bn, group_mean(mean), group_mean(variance));
+    update_running_statistics(bn, group_mean(mean.detach()), group_mean(variance.detach()));
     Ok(output.reshape([n, c, h, w]))
 }
 

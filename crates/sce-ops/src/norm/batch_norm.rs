@@ -87,22 +87,35 @@ pub fn composed_batch_norm(
             (result.output, result.mean, result.variance)
         }
         StatisticsReduction::Short => {
-            let [_, c, h, w] = x.dims();
-            let per_channel = |t: Tensor<4>| t.mean_dim(3).mean_dim(2).mean_dim(0);
-            // A `[1, C, 1, 1]` operand broadcast over the batch would have its gradient reduced
-            // over batch × height × width at once; spread over height and width first, each
-            // gradient reduction stays short (the batch, then one side).
-            let spread = |t: Tensor<4>| t.repeat_dim(2, h).repeat_dim(3, w);
-            let mean = per_channel(x.clone());
-            let centered = x - spread(mean.clone());
-            let variance = per_channel(centered.clone().square());
-            let output = centered / spread((variance.clone() + epsilon).sqrt())
-                * spread(gamma.reshape([1, c, 1, 1]))
-                + spread(beta.reshape([1, c, 1, 1]));
-            (output, mean.reshape([c]), variance.reshape([c]))
+            let c = x.dims()[1];
+            let channel_mean = |t: Tensor<4>| t.mean_dim(3).mean_dim(2).mean_dim(0).reshape([c]);
+            normalise_in_short_passes(x, gamma, beta, epsilon, channel_mean)
         }
     };
     (after.apply(output), mean, variance)
+}
+
+/// Batch norm of `x` out of Burn's operations, each reduction short: `channel_mean` reduces a
+/// `[N, C, H, W]` tensor to its per-channel mean (`[C]`), one axis at a time (over this batch,
+/// or over every rank's). Returns the normalised output and the mean and biased variance.
+pub(super) fn normalise_in_short_passes(
+    x: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+    channel_mean: impl Fn(Tensor<4>) -> Tensor<1>,
+) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
+    let [_, c, h, w] = x.dims();
+    // A `[1, C, 1, 1]` operand broadcast over the batch would have its gradient reduced over
+    // batch × height × width at once; spread over height and width first, each gradient
+    // reduction stays short (the batch, then one side).
+    let spread = |t: Tensor<1>| t.reshape([1, c, 1, 1]).repeat_dim(2, h).repeat_dim(3, w);
+    let mean = channel_mean(x.clone());
+    let centered = x - spread(mean.clone());
+    let variance = channel_mean(centered.clone().square());
+    let output =
+        centered / spread((variance.clone() + epsilon).sqrt()) * spread(gamma) + spread(beta);
+    (output, mean, variance)
 }
 
 /// Whether the fused kernels run this batch norm: f32 on `flex`, unless `Burn` was chosen.

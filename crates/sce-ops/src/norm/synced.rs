@@ -4,7 +4,7 @@
 
 use burn::tensor::Tensor;
 
-use super::batch_norm::AfterNorm;
+use super::batch_norm::{AfterNorm, normalise_in_short_passes};
 use crate::ranks::{host_sum, rank_sum};
 
 /// Batch norm of `x` (`[N, C, H, W]`) with the mean and biased variance of all ranks' batches,
@@ -23,14 +23,8 @@ pub fn rank_synced_batch_norm(
     let mut count = [(n * h * w) as f32];
     host_sum(&mut count);
     let count = f64::from(count[0]);
-    // Short reductions, one axis at a time, as the statistics for devices with a loop budget.
-    let per_channel = |t: Tensor<4>| t.sum_dim(3).sum_dim(2).sum_dim(0).reshape([c]);
-    // Spread over height and width first, so that each gradient reduction stays short.
-    let spread = |t: Tensor<1>| t.reshape([1, c, 1, 1]).repeat_dim(2, h).repeat_dim(3, w);
-    let mean = rank_sum(per_channel(x.clone())) / count;
-    let centered = x - spread(mean.clone());
-    let variance = rank_sum(per_channel(centered.clone().square())) / count;
-    let output =
-        centered / spread((variance.clone() + epsilon).sqrt()) * spread(gamma) + spread(beta);
+    let channel_mean =
+        |t: Tensor<4>| rank_sum(t.sum_dim(3).sum_dim(2).sum_dim(0).reshape([c])) / count;
+    let (output, mean, variance) = normalise_in_short_passes(x, gamma, beta, epsilon, channel_mean);
     (after.apply(output), mean, variance)
 }

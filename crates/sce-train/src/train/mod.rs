@@ -129,13 +129,13 @@ fn synchronise_batch_norm(
     }
 }
 
-/// `device` for this rank: under MPI an index-less GPU device takes the rank's local index
+/// `device` for this rank of an MPI run: an index-less GPU device takes the rank's local index
 /// (one GPU per rank). Where the node has no such wgpu device (fewer GPUs than ranks, or one
 /// integrated or software adapter), the ranks share the default adapter; a missing CUDA
 /// device is an error.
 fn rank_device(device: &str, ranks: &Ranks) -> anyhow::Result<Device> {
     let lower = device.to_ascii_lowercase();
-    if !ranks.is_distributed() || !["cuda", "wgpu", "vulkan", "metal"].contains(&lower.as_str()) {
+    if !["cuda", "wgpu", "vulkan", "metal"].contains(&lower.as_str()) {
         return parse_device(device);
     }
     match parse_device(&format!("{device}:{}", ranks.local_rank)) {
