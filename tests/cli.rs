@@ -73,6 +73,11 @@ fn bad_override_values_are_named() {
     // Wrong type: rejected while deserialising, with the key and its origin.
     let out = tiny(&["--set", "run.epochs=many"]);
     assert_clean_failure(&out, 2, &["run.epochs", "command line"]);
+    // A precision that is not one of the three, in the file or on the command line.
+    let out = tiny(&["--set", "run.precision=fp16"]);
+    assert_clean_failure(&out, 2, &["run.precision", "fp16", "f32", "f16", "bf16"]);
+    let out = tiny(&["--precision", "f64"]);
+    assert_clean_failure(&out, 2, &["--precision", "f64", "f16"]);
     // Divisibility: the queue must take whole batches of keys.
     let out = tiny(&["--set", "method.queue_size=1000"]);
     assert_clean_failure(&out, 2, &["method.queue_size", "multiple"]);

@@ -659,6 +659,86 @@ fn a_non_finite_loss_stops_the_run_and_names_the_step() {
     );
 }
 
+/// Mixed precision on the CPU backend (flex computes in f16, slowly): an f16 run scales its loss,
+/// `metrics.csv` and the summary record the scale and the skipped steps, and the run resumed
+/// from its first epoch's checkpoint ends exactly as the uninterrupted one, the scaler included.
+#[test]
+fn an_f16_run_records_its_loss_scale_and_resumes_exactly() {
+    let Some(data) = common::data_dir("an_f16_run_records_its_loss_scale") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full");
+    let budget = [
+        "--precision",
+        "f16",
+        "--limit-train",
+        "512",
+        "--epochs",
+        "2",
+    ];
+    let out = tiny(&data, &full, &budget).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json_line(&out);
+    assert_eq!(report["precision"], "f16", "{report}");
+    assert_eq!(report["steps"], 8, "{report}");
+    let skipped = report["skipped_steps"]
+        .as_u64()
+        .expect("an f16 run counts skipped steps");
+    assert!(skipped < 8, "some steps were applied: {report}");
+    let csv = std::fs::read_to_string(full.join("metrics.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    for row in csv.lines().skip(1) {
+        let cells: Vec<&str> = row.split(',').collect();
+        let scale: f64 = cells[column("loss_scale")].parse().unwrap();
+        assert!(
+            scale > 0.0 && scale <= 65536.0 && scale.log2().fract() == 0.0,
+            "a power of two at most 2^16: {row}"
+        );
+        assert!(
+            cells[column("skipped_steps")].parse::<u64>().is_ok(),
+            "{row}"
+        );
+    }
+
+    // The same run, stopped after its first epoch: its final checkpoint and summary removed.
+    let resumed = dir.path().join("resumed");
+    let copied = std::process::Command::new("cp")
+        .args(["-r"])
+        .arg(&full)
+        .arg(&resumed)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    for file in std::fs::read_dir(resumed.join("checkpoints")).unwrap() {
+        let path = file.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.contains("-8.") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    std::fs::remove_file(resumed.join("summary.json")).unwrap();
+    let out = resume(&data, &resumed);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("resuming at epoch 2"),
+        "{}",
+        stderr(&out)
+    );
+    let (a, b) = (summary(&full), summary(&resumed));
+    for key in ["final_loss", "knn_top1", "skipped_steps", "probe_top1"] {
+        assert_eq!(a[key], b[key], "{key} after resume");
+    }
+    let scaler = |run: &Path| {
+        let text = std::fs::read_to_string(run.join("checkpoints/state-8.json")).unwrap();
+        let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+        manifest["state"]["loss_scale"].clone()
+    };
+    assert!(scaler(&full).is_object(), "the scaler is checkpointed");
+    assert_eq!(scaler(&full), scaler(&resumed));
+}
+
 /// A learning rate far too high drives BatchNorm's running variances to infinity while the loss
 /// stays finite: the state check stops the run before it is scored, saved or summarised.
 #[test]

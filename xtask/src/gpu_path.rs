@@ -18,6 +18,11 @@ const MAX_KNN_GAP: f64 = 3.0;
 /// Largest relative gap allowed between the two runs' losses over their first steps.
 const MAX_LOSS_GAP: f64 = 5e-4;
 
+/// Largest relative gap allowed between the f16 and the f32 run's losses on the same device
+/// over their first steps: f16 rounds each convolution's and linear layer's inputs, weights and
+/// outputs to 11 significant bits (docs/backends.md has the measured gaps).
+const MAX_F16_LOSS_GAP: f64 = 1e-2;
+
 /// Steps compared loss for loss: the first two train from the shared initial weights, the
 /// third after the first update (the learning rate warms up from 0), so they test the forward
 /// pass, the backward pass and the optimizer. Later steps are left out because this tiny
@@ -69,10 +74,18 @@ pub fn run(data: &str, features: &str) -> anyhow::Result<()> {
         &["check", "--device", "wgpu"],
         &envs,
     )?;
+    step(
+        "GPU path: check on wgpu in f16",
+        bin,
+        &["check", "--device", "wgpu", "--precision", "f16"],
+        &envs,
+    )?;
     missing_device_is_refused(bin, &envs)?;
+    bf16_is_checked_or_refused(bin, &envs)?;
     let runs = target_dir().join("gpu-path");
-    let wgpu = tiny_run(bin, "wgpu", &runs, data, &envs)?;
-    let cpu = tiny_run(bin, "cpu", &runs, data, &envs)?;
+    let wgpu = tiny_run(bin, "wgpu", "f32", &runs, data, &envs)?;
+    let cpu = tiny_run(bin, "cpu", "f32", &runs, data, &envs)?;
+    let half = tiny_run(bin, "wgpu", "f16", &runs, data, &envs)?;
     eprintln!(
         "\nGPU path: configs/tiny.toml, 4 steps: kNN top-1 {:.1} % on wgpu, {:.1} % on cpu \
          (untrained: {:.1} % and {:.1} %)",
@@ -109,6 +122,7 @@ pub fn run(data: &str, features: &str) -> anyhow::Result<()> {
             failures.join("; ")
         );
     }
+    compare_f16(&half, &wgpu)?;
     eprintln!(
         "GPU path passed in {:.1} min",
         start.elapsed().as_secs_f64() / 60.0
@@ -182,20 +196,24 @@ fn runtime_dir() -> anyhow::Result<String> {
 struct TinyRun {
     knn: f64,
     knn_initial: f64,
+    /// Steps skipped for overflowing gradients (f16 runs).
+    skipped_steps: Option<u64>,
+    final_loss: f64,
     /// The losses of the first [`LOSS_STEPS`] steps.
     losses: Vec<f64>,
 }
 
-/// `configs/tiny.toml` (seed 0, [`TINY_OVERRIDES`]) on `device`, in a fresh `runs/<device>`
-/// folder.
+/// `configs/tiny.toml` (seed 0, [`TINY_OVERRIDES`]) on `device` in `precision`, in a fresh
+/// `runs/<device>-<precision>` folder.
 fn tiny_run(
     bin: &str,
     device: &str,
+    precision: &str,
     runs: &Path,
     data: &str,
     envs: &[(&str, &str)],
 ) -> anyhow::Result<TinyRun> {
-    let dir: PathBuf = runs.join(device);
+    let dir: PathBuf = runs.join(format!("{device}-{precision}"));
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
@@ -210,9 +228,16 @@ fn tiny_run(
         data,
         "--output",
         dir_arg,
+        "--precision",
+        precision,
     ];
     args.extend(TINY_OVERRIDES);
-    step(&format!("GPU path: tiny run on {device}"), bin, &args, envs)?;
+    step(
+        &format!("GPU path: tiny run on {device} in {precision}"),
+        bin,
+        &args,
+        envs,
+    )?;
     let path = dir.join("summary.json");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("the {device} run left no {}", path.display()))?;
@@ -225,6 +250,8 @@ fn tiny_run(
     Ok(TinyRun {
         knn: number("knn_top1")?,
         knn_initial: number("knn_top1_initial")?,
+        skipped_steps: summary["skipped_steps"].as_u64(),
+        final_loss: number("final_loss")?,
         losses: step_losses(&dir)?,
     })
 }
@@ -248,6 +275,89 @@ fn step_losses(run: &Path) -> anyhow::Result<Vec<f64>> {
         losses.len()
     );
     Ok(losses)
+}
+
+/// Steps whose losses the f16 run must share with the f32 run: the first computes on the
+/// initial weights; the second follows step 1, whose learning rate is 0 (the warmup starts
+/// there) — applied in f32, skipped by the loss scaler in f16, the weights are the same either
+/// way, and both runs enqueue the same keys and take the same EMA step. From step 3 on, the
+/// f16 run has skipped updates the f32 run applied (the scaler starts at 2^16 and halves on
+/// each of the first overflowing steps), so its losses differ by design.
+const F16_LOSS_STEPS: usize = 2;
+
+/// The f16 run against the f32 run on the same device: the first [`F16_LOSS_STEPS`] losses
+/// agree within [`MAX_F16_LOSS_GAP`], the untrained network's kNN (the trunk's forward in f16)
+/// within [`MAX_KNN_GAP`] points, the loss scaler ran (it reports its skipped steps) and the
+/// run ended finite.
+fn compare_f16(half: &TinyRun, full: &TinyRun) -> anyhow::Result<()> {
+    let mut failures = Vec::new();
+    let pairs = half.losses.iter().zip(&full.losses).take(F16_LOSS_STEPS);
+    for (step, (a, b)) in pairs.enumerate() {
+        let gap = (a - b).abs() / b.abs().max(1e-12);
+        eprintln!(
+            "GPU path: step {} loss {a:.6} in f16, {b:.6} in f32 (relative gap {gap:.1e})",
+            step + 1
+        );
+        if gap > MAX_F16_LOSS_GAP {
+            failures.push(format!(
+                "step {}'s loss differs by {gap:.1e} (allowed: {MAX_F16_LOSS_GAP:.0e})",
+                step + 1
+            ));
+        }
+    }
+    eprintln!(
+        "GPU path: f16 kNN top-1 {:.1} % after the run (f32 {:.1} %), untrained {:.1} % (f32 \
+         {:.1} %); {} of the steps skipped by the loss scaler",
+        half.knn,
+        full.knn,
+        half.knn_initial,
+        full.knn_initial,
+        half.skipped_steps.map_or("none".into(), |n| n.to_string())
+    );
+    if half.skipped_steps.is_none() {
+        failures.push("the f16 run reports no loss scaler".into());
+    }
+    if (half.knn_initial - full.knn_initial).abs() > MAX_KNN_GAP {
+        failures.push(format!(
+            "the untrained kNN top-1 differs by {:.1} points (allowed: {MAX_KNN_GAP})",
+            (half.knn_initial - full.knn_initial).abs()
+        ));
+    }
+    if !half.final_loss.is_finite() {
+        failures.push(format!("the final loss is {}", half.final_loss));
+    }
+    if !failures.is_empty() {
+        bail!(
+            "the f16 run does not compute what the f32 run computes: {}",
+            failures.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// bf16 is checked where the device computes it and refused by name where it does not (Mesa's
+/// lavapipe has no bf16 arithmetic), never computed as garbage.
+fn bf16_is_checked_or_refused(bin: &str, envs: &[(&str, &str)]) -> anyhow::Result<()> {
+    let out = Command::new(bin)
+        .args(["check", "--device", "wgpu", "--precision", "bf16"])
+        .envs(envs.iter().copied())
+        .output()
+        .with_context(|| format!("cannot start {bin}"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        eprintln!("\nGPU path: the device computes bf16 and passes its checks");
+        return Ok(());
+    }
+    anyhow::ensure!(
+        out.status.code() == Some(2)
+            && stderr.contains("cannot compute in bf16")
+            && !stderr.contains("panicked"),
+        "`sce-train check --device wgpu --precision bf16` should pass or be refused naming bf16 \
+         (exit 2), got {}: {stderr}",
+        out.status
+    );
+    eprintln!("\nGPU path: bf16 is refused: {}", stderr.trim());
+    Ok(())
 }
 
 /// A GPU the machine lacks is a usage error naming the devices it has, never the backend's

@@ -1,5 +1,5 @@
 //! Project chores: `cargo xtask ci` (what CI runs), `cargo xtask gpu-path` (its GPU-path stage
-//! alone), `cargo xtask bench` (benchmark figures).
+//! alone), `cargo xtask bench` (benchmark figures; `--gpu wgpu|cuda` the GPU set, f32 and f16).
 
 mod gpu_path;
 mod mpi;
@@ -298,14 +298,100 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cargo xtask bench --gpu wgpu|cuda`: the GPU set of docs/benchmarks.md, in f32 and f16 on
+/// the same device in the same sitting — `check` in both precisions, the R18-CIFAR step at the
+/// CIFAR recipe's batch 256, and one epoch of the CIFAR-stem ResNet-18 on Fashion-MNIST
+/// (`configs/fashion-mnist.toml`) from the real data.
+fn bench_gpu(backend: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        backend == "wgpu" || backend == "cuda",
+        "--gpu takes wgpu or cuda, not `{backend}`"
+    );
+    let data = data_dir()?;
+    step(
+        "build",
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "-p",
+            "sce-train",
+            "--features",
+            backend,
+        ],
+        &[],
+    )?;
+    let bin = target_dir().join("release/sce-train");
+    let bin = bin.to_str().context("non-UTF-8 path")?;
+    let runs = target_dir().join("bench-gpu");
+    for precision in ["f32", "f16"] {
+        step(
+            &format!("check in {precision}"),
+            bin,
+            &["check", "--device", backend, "--precision", precision],
+            &[],
+        )?;
+        step(
+            &format!("bench step in {precision}"),
+            bin,
+            &[
+                "bench",
+                "step",
+                "--model",
+                "resnet18-cifar",
+                "--batch",
+                "256",
+                "--steps",
+                "20",
+                "--device",
+                backend,
+                "--precision",
+                precision,
+                "--json",
+            ],
+            &[],
+        )?;
+        let output = runs.join(precision);
+        if output.exists() {
+            std::fs::remove_dir_all(&output)?;
+        }
+        step(
+            &format!("one CIFAR-stem epoch in {precision}"),
+            bin,
+            &[
+                "pretrain",
+                "--config",
+                "configs/fashion-mnist.toml",
+                "--epochs",
+                "1",
+                "--device",
+                backend,
+                "--precision",
+                precision,
+                "--data-dir",
+                &data,
+                "--output",
+                output.to_str().context("non-UTF-8 path")?,
+                "--json",
+            ],
+            &[],
+        )?;
+    }
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("bench") if args.get(1).map(String::as_str) == Some("--gpu") => {
+            bench_gpu(args.get(2).map_or("", String::as_str))
+        }
         Some("bench") => bench(&args[1..]),
         Some("gpu-path") => data_dir().and_then(|data| gpu_path::run(&data, "wgpu")),
         _ => Err(anyhow::anyhow!(
-            "usage: cargo xtask ci | cargo xtask gpu-path | cargo xtask bench [--full]"
+            "usage: cargo xtask ci | cargo xtask gpu-path | cargo xtask bench [--full] | \
+             cargo xtask bench --gpu wgpu|cuda"
         )),
     };
     match result {

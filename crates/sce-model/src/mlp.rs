@@ -111,7 +111,7 @@ impl Mlp {
         let last = self.layers.len() - 1;
         let mut x = x;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.linear.forward(x);
+            x = sce_ops::precision::linear(&layer.linear, x);
             if let Some(bn) = &layer.norm {
                 x = batch_norm_1d(bn, x);
             }

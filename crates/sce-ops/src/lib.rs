@@ -8,6 +8,8 @@
 //! - [`norm`]: a training batch norm with the batch's statistics and what follows it in a
 //!   ResNet (`relu(bn(x) + residual)`): fused kernels on `flex`; statistics reduced in one pass
 //!   or in short passes for devices with a loop budget.
+//! - [`precision`]: mixed precision — convolutions and linear layers in f16 or bf16 over f32
+//!   master weights.
 //! - [`ranks`]: sums over the processes of a distributed run inside the autodiff graph
 //!   (SyncBatchNorm's statistics), through whatever transport the binary hands it.
 //! - [`rows`]: softmax and sums along long rows (the losses' similarity rows), whole or in
@@ -28,6 +30,7 @@ pub mod conv;
 #[cfg(feature = "flex")]
 mod flex_values;
 pub mod norm;
+pub mod precision;
 pub mod ranks;
 pub mod rows;
 mod switch;

@@ -20,8 +20,9 @@ use sce_data::{
 use serde::Serialize;
 
 use crate::backend::parse_device;
+use crate::config::PrecisionName;
 use crate::config::{ConfigSource, TrainConfig, load_config};
-use crate::optim::{WarmupCosine, build_optimizer};
+use crate::optim::{LossScaler, WarmupCosine, build_optimizer};
 use crate::options::Common;
 use crate::parts::fresh_model;
 
@@ -257,6 +258,9 @@ pub struct StepBench {
     /// Timed steps or passes (after one warm-up).
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
+    /// Compute precision of convolutions and linear layers (f16 with its loss scaling).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: PrecisionName,
 }
 
 #[derive(Serialize)]
@@ -280,7 +284,33 @@ struct StepReport {
     state_check_seconds: f64,
     /// The process's peak resident memory (Linux), MiB.
     peak_rss_mib: Option<f64>,
+    /// What convolutions and linear layers computed in.
+    precision: &'static str,
+    /// The model's parameters and buffers (both branches, the queue) in f32, MiB.
+    parameters_mib: f64,
+    /// The device allocator after the timed steps, where the backend reports it (GPU backends;
+    /// not `flex`, whose figure is `peak_rss_mib`).
+    device_memory: Option<DeviceMemory>,
     device: String,
+}
+
+/// A device allocator's figures, MiB.
+#[derive(Serialize)]
+struct DeviceMemory {
+    /// Live allocations: weights, optimizer state, queue, whatever the step left.
+    in_use_mib: f64,
+    /// Pages the allocator holds, in use or kept for reuse: its high-water mark, so at least
+    /// the step's peak (activations included).
+    reserved_mib: f64,
+}
+
+fn device_memory(device: &burn::tensor::Device) -> Option<DeviceMemory> {
+    let usage = device.memory_pool_usage()?;
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    Some(DeviceMemory {
+        in_use_mib: mib(usage.bytes_in_use),
+        reserved_mib: mib(usage.bytes_reserved),
+    })
 }
 
 /// The process's peak resident set size in MiB, from `/proc/self/status` (Linux only).
@@ -328,6 +358,11 @@ impl StepBench {
         let device = parse_device(&self.common.device)?;
         // Benchmark the reductions training would use on this device.
         crate::device::adapt_to_device(&device)?;
+        let precision = self.precision.precision();
+        if let Some(note) = crate::device::use_precision(std::slice::from_ref(&device), precision)?
+        {
+            self.common.console().line(note);
+        }
         let ad = device.clone().autodiff();
         let total = self.steps + 1;
         let model = fresh_model(&config, total, &ad)?;
@@ -354,11 +389,19 @@ impl StepBench {
             indices: (0..self.batch).collect(),
             shard: 0,
         };
-        let step = |learner: &mut Learner<crate::model::SceModel>| -> anyhow::Result<f32> {
+        // In f16 the step scales its loss and unscales the gradients, as training does.
+        let mut scaler = precision.needs_loss_scaling().then(LossScaler::default);
+        let mut step = |learner: &mut Learner<crate::model::SceModel>| -> anyhow::Result<f32> {
+            let scale = scaler.as_ref().map_or(1.0, |s| s.scale);
+            learner.model().ctx.begin_step(0, scale);
             let out = learner.train_step(batch.clone());
             let loss = out.item.loss.clone().into_scalar::<f32>();
+            let grads = match scaler.as_mut() {
+                Some(scaler) => scaler.unscale(out.grads, &learner.model())?,
+                None => out.grads,
+            };
             learner.lr_step();
-            learner.optimizer_step(out.grads);
+            learner.optimizer_step(grads);
             Ok(loss)
         };
         let console = self.common.console();
@@ -406,6 +449,10 @@ impl StepBench {
             conv_seconds_per_step,
             state_check_seconds,
             peak_rss_mib: peak_rss_mib(),
+            precision: precision.name(),
+            parameters_mib: burn::module::Module::num_params(&learner.model()) as f64 * 4.0
+                / (1024.0 * 1024.0),
+            device_memory: device_memory(&device),
             device: format!("{device:?}"),
         };
         let [forward, input_grad, weight_grad] = conv_seconds_per_step;
@@ -418,6 +465,13 @@ impl StepBench {
                 .peak_rss_mib
                 .map_or("unknown".into(), |m| format!("{m:.0} MiB")),
         ));
+        if let Some(memory) = &report.device_memory {
+            console.line(format!(
+                "{}: parameters {:.1} MiB; device memory in use {:.1} MiB, reserved (high-water) \
+                 {:.1} MiB",
+                report.precision, report.parameters_mib, memory.in_use_mib, memory.reserved_mib
+            ));
+        }
         console.line(format!(
             "state check (every tensor finite, before each evaluation and checkpoint): {:.1} ms, \
              {:.2} % of one step",
@@ -438,6 +492,7 @@ impl StepBench {
         let device = parse_device(&self.common.device)?;
         // Benchmark the reductions training would use on this device.
         crate::device::adapt_to_device(&device)?;
+        crate::device::use_precision(std::slice::from_ref(&device), self.precision.precision())?;
         let ad = device.clone().autodiff();
         device.seed(0);
         let trunk = crate::parts::pair_config(&config, 3).trunk.init(&ad)?;

@@ -77,6 +77,10 @@ pub struct PretrainCmd {
     /// Batch size (run.batch_size).
     #[arg(long, value_parser = at_least_one)]
     pub batch_size: Option<usize>,
+    /// What convolutions and linear layers compute in: f32, or f16 / bf16 over f32 master
+    /// weights (run.precision; a GPU feature, refused on a device without the type).
+    #[arg(long, value_enum)]
+    pub precision: Option<crate::config::PrecisionName>,
     /// Train on N images: a seeded, class-stratified subset (data.limit_train).
     #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub limit_train: Option<usize>,
@@ -98,6 +102,7 @@ impl PretrainCmd {
             || self.epochs.is_some()
             || self.batch_size.is_some()
             || self.limit_train.is_some()
+            || self.precision.is_some()
             || !self.devices.is_empty()
     }
 
@@ -112,6 +117,10 @@ impl PretrainCmd {
             ("run.epochs", self.epochs.map(|v| v.to_string())),
             ("run.batch_size", self.batch_size.map(|v| v.to_string())),
             ("data.limit_train", self.limit_train.map(|v| v.to_string())),
+            (
+                "run.precision",
+                self.precision.map(|p| p.precision().name().to_string()),
+            ),
         ];
         overrides.extend(
             flags
@@ -195,8 +204,8 @@ pub fn main() -> std::process::ExitCode {
     let result = match &cli.command {
         Some(_) if cli.pretrain.has_own_options() => Err(crate::error::usage(
             "pretraining options (--config, --output, --resume, --force, --set, --seed, --epochs, \
-             --batch-size, --limit-train, --devices) before a subcommand apply only when there \
-             is none; write them after `pretrain`",
+             --batch-size, --limit-train, --precision, --devices) before a subcommand apply only \
+             when there is none; write them after `pretrain`",
         )),
         None => cli.pretrain.run(),
         Some(Command::Pretrain(cmd)) => cmd.run(),

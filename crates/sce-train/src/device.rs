@@ -4,8 +4,10 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use burn::tensor::Device;
 use sce_ops::conv::{ConvKernels, set_conv_kernels};
 use sce_ops::norm::{NormKernels, StatisticsReduction, set_norm_kernels, set_statistics_reduction};
+use sce_ops::precision::{Precision, set_precision};
 use sce_ops::rows::{LongRows, set_long_rows};
 
 use sce_ops::check::{CheckOutcome, one_pass_reductions};
@@ -59,6 +61,36 @@ pub fn adapt_to_device(device: &burn::tensor::Device) -> anyhow::Result<Adaptati
         LongRows::Fused
     });
     Ok(Adaptation { short, probes })
+}
+
+/// Sets the compute precision of convolutions and linear layers for the whole process, once
+/// every training device is known to compute in it: a device without the type's arithmetic
+/// would compute garbage, so it is refused, named with the type. Returns a note to print where
+/// the type is computed without hardware for it (the CPU).
+pub fn use_precision(devices: &[Device], precision: Precision) -> anyhow::Result<Option<String>> {
+    if let Some(device) = devices
+        .iter()
+        .find(|d| precision != Precision::F32 && !d.supports_dtype(precision.dtype()))
+    {
+        return Err(crate::error::usage(format!(
+            "{device:?} cannot compute in {name}: its backend reports no {name} arithmetic. \
+             Use run.precision = \"f32\"{other}",
+            name = precision.name(),
+            other = match precision {
+                Precision::BF16 => " or \"f16\" where the device has it",
+                _ => "",
+            }
+        )));
+    }
+    set_precision(precision);
+    let slow = devices.iter().find(|d| sce_ops::precision::emulated(d));
+    Ok(slow.filter(|_| precision != Precision::F32).map(|device| {
+        format!(
+            "note: {device:?} has no {} hardware: it converts through f32, several times slower \
+             than training in f32 (mixed precision is for GPUs; here it checks a recipe)",
+            precision.name()
+        )
+    }))
 }
 
 /// The value of the switch `name` when set, one of `accepted`; anything else is an error that

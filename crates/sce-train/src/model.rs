@@ -6,7 +6,7 @@
 //! [`TrainStep::optimize`], overridden here: optimizer step, enqueue this step's keys, EMA of the
 //! target with this step's momentum.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use burn::module::Module;
@@ -53,6 +53,9 @@ pub struct StepContext {
     /// Keys of the current step with their batch's shard, enqueued once the optimizer step
     /// is done. Clones of the model (one per device) share this list.
     pending: Mutex<Vec<(usize, Tensor<2>)>>,
+    /// What the loss is multiplied by before the backward pass: the f16 loss scale (bits of
+    /// an f64; 1 in f32 and bf16).
+    loss_scale: AtomicU64,
 }
 
 impl StepContext {
@@ -74,6 +77,7 @@ impl StepContext {
             devices: Vec::new(),
             step: AtomicUsize::new(0),
             pending: Mutex::new(Vec::new()),
+            loss_scale: AtomicU64::new(1f64.to_bits()),
         }
     }
 
@@ -102,9 +106,16 @@ impl StepContext {
         }
     }
 
-    /// Called by the training loop before each step, with the steps completed so far.
-    pub fn begin_step(&self, step: usize) {
+    /// Called by the training loop before each step, with the steps completed so far and the
+    /// loss scale of the step (1 unless training in f16).
+    pub fn begin_step(&self, step: usize, loss_scale: f64) {
         self.step.store(step, Ordering::SeqCst);
+        self.loss_scale
+            .store(loss_scale.to_bits(), Ordering::SeqCst);
+    }
+
+    fn loss_scale(&self) -> f64 {
+        f64::from_bits(self.loss_scale.load(Ordering::SeqCst))
     }
 }
 
@@ -295,7 +306,9 @@ impl TrainStep for SceModel {
         let (output, keys) = self.forward_loss(&batch);
         // The batch's shard is its device's place (devices may compare equal: two CPUs).
         self.ctx.pending.lock().unwrap().push((batch.shard, keys));
-        let scale = 1.0 / self.ctx.devices.len().max(1) as f64;
+        // Scaled by the f16 loss scale (undone on the gradients before the optimizer step) and
+        // by 1/devices, so that the devices' gradients sum to their mean.
+        let scale = self.ctx.loss_scale() / self.ctx.devices.len().max(1) as f64;
         let grads = (output.loss.clone() * scale).backward();
         TrainOutput::new(self, grads, output)
     }

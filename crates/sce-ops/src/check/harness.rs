@@ -2,6 +2,8 @@
 //! moving values to and from the device, and the error measure against a float64 reference.
 
 use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::precision::{Precision, precision};
 use serde::Serialize;
 
 /// One check's verdict: the largest error seen against the reference, and the tolerance.
@@ -43,6 +45,50 @@ pub type Case = (&'static str, fn(&Device) -> CheckOutcome);
 pub const TIGHT: f64 = 1e-4;
 /// Matrix products and convolutions may accumulate in reduced precision on GPUs (TF32).
 pub const GEMM: f64 = 2e-3;
+/// Convolutions and linear layers computed in f16 or bf16, measured by [`gemm_error`]: every
+/// input, weight and output is rounded (f16: 4.9e-4, bf16: 3.9e-3 each) and a backend may
+/// accumulate in the half type — on Mesa's lavapipe a weight gradient summed over 100,352
+/// positions in f16 is off by 4.1e-2 of its largest value (docs/backends.md). A reduction
+/// that stops early or a wrong index is off by order 1, which is what these cases catch.
+pub const GEMM_F16: f64 = 1e-1;
+/// The same in bf16 (an 8-bit significand; 4.7e-3 measured on `flex`, which accumulates in
+/// f32; no bf16 GPU was available to this project).
+pub const GEMM_BF16: f64 = 1e-1;
+
+/// The tolerance of a convolution or linear layer under the process's compute precision.
+pub fn gemm_tolerance() -> f64 {
+    match precision() {
+        Precision::F32 => GEMM,
+        Precision::F16 => GEMM_F16,
+        Precision::BF16 => GEMM_BF16,
+    }
+}
+
+/// The error of a convolution's or linear layer's output or gradient under the process's
+/// compute precision: [`relative_error`] in f32; in f16 and bf16 the largest error relative to
+/// the largest expected value, since half-precision rounding scales with the operands, not with
+/// each output (an output near zero is a sum of large terms that cancel).
+pub fn gemm_error(got: &[f64], expected: &[f64]) -> f64 {
+    if precision() == Precision::F32 {
+        return relative_error(got, expected);
+    }
+    if got.len() != expected.len() {
+        return f64::INFINITY;
+    }
+    let largest = expected
+        .iter()
+        .fold(f64::MIN_POSITIVE, |m, v| m.max(v.abs()));
+    got.iter()
+        .zip(expected)
+        .map(|(g, e)| {
+            if g.is_finite() {
+                (g - e).abs() / largest
+            } else {
+                f64::INFINITY
+            }
+        })
+        .fold(0.0, f64::max)
+}
 
 /// Deterministic values in [-1, 1) (SplitMix64), the same for the host and the device.
 pub fn host_values(len: usize, seed: u64) -> Vec<f32> {

@@ -6,6 +6,7 @@ mod harness;
 mod probes;
 
 pub use harness::{
-    Case, CheckOutcome, GEMM, TIGHT, download, host_values, relative_error, row_reduction, upload,
+    Case, CheckOutcome, GEMM, GEMM_BF16, GEMM_F16, TIGHT, download, gemm_error, gemm_tolerance,
+    host_values, relative_error, row_reduction, upload,
 };
 pub use probes::one_pass_reductions;

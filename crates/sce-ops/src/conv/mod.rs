@@ -51,8 +51,12 @@ pub fn conv_kernels() -> ConvKernels {
     KERNELS.get()
 }
 
-/// `conv.forward(x)`, by the GEMM kernels where they apply (see the module doc).
+/// `conv.forward(x)`, by the GEMM kernels where they apply (see the module doc), in the
+/// process's compute precision ([`crate::precision`]; the kernels compute f32 only).
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    if let Some(low) = crate::precision::low_precision() {
+        return crate::precision::conv2d_in(low, conv, x);
+    }
     #[cfg(feature = "flex")]
     if let Some((stride, padding)) = gemm_arguments(conv, &x) {
         use burn::backend::Dispatch;

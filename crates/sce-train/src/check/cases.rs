@@ -11,7 +11,8 @@ use sce_loss::{QueueObjective, SceLoss, sum_rows};
 use sce_model::params::{ema_update, named_tensors};
 use sce_model::{Depth, ResNetConfig, Stem};
 use sce_ops::check::{
-    Case, CheckOutcome, GEMM, TIGHT, download, host_values, relative_error, row_reduction, upload,
+    Case, CheckOutcome, GEMM, TIGHT, download, gemm_error, gemm_tolerance, host_values,
+    relative_error, row_reduction, upload,
 };
 use sce_ops::conv::ConvGeometry;
 use sce_ops::conv::reference::{ConvReference, conv2d_f64};
@@ -25,6 +26,7 @@ pub const CASES: &[Case] = &[
     (CONV, conv_forward_backward),
     (CONV_LARGE, conv_large_batch),
     (CONV_STRIDED, conv_strided),
+    (LINEAR, linear_forward_backward),
     (BN_FORWARD, batch_norm_forward),
     (BN_BACKWARD, batch_norm_backward),
     (BN_RESIDUAL_RELU, batch_norm_residual_relu),
@@ -42,6 +44,7 @@ const MATMUL: &str = "matmul (256 × 96 · 96 × 80)";
 const CONV: &str = "conv2d 3×3 forward, input and weight gradients";
 const CONV_STRIDED: &str = "conv2d 3×3 and 1×1 stride 2 (downsampling), forward and gradients";
 const CONV_LARGE: &str = "conv2d 3×3 forward and gradients over a large batch (128 × 4 × 28 × 28)";
+const LINEAR: &str = "linear layer (64 × 96 → 48) forward, input, weight and bias gradients";
 const BN_FORWARD: &str = "batch norm training statistics and output (128 × 4 × 28 × 28)";
 const BN_BACKWARD: &str = "batch norm input, scale and shift gradients (128 × 4 × 28 × 28)";
 const BN_RESIDUAL_RELU: &str =
@@ -142,10 +145,59 @@ fn conv_case(
         .grad(&grads)
         .map(download)
         .unwrap_or_default();
-    let error = relative_error(&got_y, &y)
-        .max(relative_error(&got_dx, &dx))
-        .max(relative_error(&got_dw, &dw));
-    CheckOutcome::new(name, error, GEMM)
+    let error = gemm_error(&got_y, &y)
+        .max(gemm_error(&got_dx, &dx))
+        .max(gemm_error(&got_dw, &dw));
+    CheckOutcome::new(name, error, gemm_tolerance())
+}
+
+/// A linear layer as the projector and predictor run it (`sce_ops::precision::linear`: in the
+/// process's compute precision), `y = x·W + b`, and its three gradients for the loss `Σ y·g`.
+fn linear_forward_backward(device: &Device) -> CheckOutcome {
+    let (n, d_in, d_out) = (64, 96, 48);
+    let x = host_values(n * d_in, 7);
+    let weight = host_values(d_in * d_out, 8);
+    let bias = host_values(d_out, 9);
+    let g = host_values(n * d_out, 10);
+    let mut y = vec![0.0f64; n * d_out];
+    let mut dx = vec![0.0f64; n * d_in];
+    let mut dw = vec![0.0f64; d_in * d_out];
+    let mut db = vec![0.0f64; d_out];
+    for i in 0..n {
+        for o in 0..d_out {
+            let upstream = g[i * d_out + o] as f64;
+            y[i * d_out + o] = bias[o] as f64;
+            db[o] += upstream;
+            for k in 0..d_in {
+                let (xv, wv) = (x[i * d_in + k] as f64, weight[k * d_out + o] as f64);
+                y[i * d_out + o] += xv * wv;
+                dx[i * d_in + k] += upstream * wv;
+                dw[k * d_out + o] += upstream * xv;
+            }
+        }
+    }
+    let ad = device.clone().autodiff();
+    let mut layer = LinearConfig::new(d_in, d_out).init(&ad);
+    layer.weight = Param::from_tensor(upload(&weight, [d_in, d_out], &ad));
+    layer.bias = Some(Param::from_tensor(upload(&bias, [d_out], &ad)));
+    let xt = upload(&x, [n, d_in], &ad).require_grad();
+    let out = sce_ops::precision::linear(&layer, xt.clone());
+    let got_y = download(out.clone());
+    let grads = (out * upload(&g, [n, d_out], &ad)).sum().backward();
+    let grad = |t: Option<Tensor<2>>| t.map(download).unwrap_or_default();
+    let got_dx = grad(xt.grad(&grads));
+    let got_dw = grad(layer.weight.val().grad(&grads));
+    let got_db = layer
+        .bias
+        .as_ref()
+        .and_then(|b| b.val().grad(&grads))
+        .map(download)
+        .unwrap_or_default();
+    let error = gemm_error(&got_y, &y)
+        .max(gemm_error(&got_dx, &dx))
+        .max(gemm_error(&got_dw, &dw))
+        .max(gemm_error(&got_db, &db));
+    CheckOutcome::new(LINEAR, error, gemm_tolerance())
 }
 
 /// Inputs of the batch-norm checks: `[128, 4, 28, 28]`, 401,408 elements, more than 2^18.

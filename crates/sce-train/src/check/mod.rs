@@ -20,18 +20,24 @@ pub use cases::CASES;
 pub use sce_ops::check::CheckOutcome;
 
 use crate::backend::parse_device;
-use crate::device::{adapt_to_device, short_reductions_note};
+use crate::config::PrecisionName;
+use crate::device::{adapt_to_device, short_reductions_note, use_precision};
 use crate::options::Common;
 
 #[derive(Args, Debug)]
 pub struct CheckCmd {
     #[command(flatten)]
     pub common: Common,
+    /// Compute precision of the convolution and linear cases (what `run.precision` trains
+    /// them in): f32, f16 or bf16, each with its own tolerance.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: PrecisionName,
 }
 
 #[derive(Serialize)]
 struct CheckReport {
     device: String,
+    precision: &'static str,
     passed: bool,
     /// Burn's one-pass reductions over long rows: what decided how training reduces here.
     one_pass_reductions: Vec<CheckOutcome>,
@@ -81,10 +87,17 @@ impl CheckCmd {
     pub fn run(&self) -> anyhow::Result<()> {
         let device = parse_device(&self.common.device)?;
         let console = self.common.console();
+        let precision = self.precision.precision();
+        let note = use_precision(std::slice::from_ref(&device), precision)?;
         console.line(format!(
-            "checking {device:?} against float64 references ({} checks)…",
-            CASES.len()
+            "checking {device:?} against float64 references ({} checks; convolutions and \
+             linear layers in {})…",
+            CASES.len(),
+            precision.name()
         ));
+        if let Some(note) = note {
+            console.line(note);
+        }
         let adaptation = adapt_to_device(&device)?;
         for probe in &adaptation.probes {
             let verdict = if probe.passed { "exact" } else { "WRONG" };
@@ -105,6 +118,7 @@ impl CheckCmd {
         if self.common.json {
             let report = CheckReport {
                 device: format!("{device:?}"),
+                precision: precision.name(),
                 passed: failed.is_empty(),
                 one_pass_reductions: adaptation.probes.clone(),
                 checks: checks.clone(),

@@ -35,6 +35,31 @@ pub struct RunSection {
     /// Save a checkpoint every this many epochs (the last epoch is always saved).
     #[serde(default = "one")]
     pub checkpoint_every: usize,
+    /// What convolutions and linear layers compute in: "f32" (default), or "f16" / "bf16"
+    /// over f32 master weights (mixed precision; f16 with dynamic loss scaling).
+    #[serde(default)]
+    pub precision: PrecisionName,
+}
+
+/// The compute precision of convolutions and linear layers (`sce_ops::precision`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionName {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl PrecisionName {
+    pub fn precision(self) -> sce_ops::precision::Precision {
+        use sce_ops::precision::Precision;
+        match self {
+            PrecisionName::F32 => Precision::F32,
+            PrecisionName::F16 => Precision::F16,
+            PrecisionName::Bf16 => Precision::BF16,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,9 +1,12 @@
-//! Optimisers and the learning-rate schedule of the paper (spec §3, §8 item 9–10).
+//! Optimisers and the learning-rate schedule of the paper (spec §3, §8 item 9–10), and the loss
+//! scaling f16 training needs.
 
 mod lars;
+mod loss_scale;
 mod schedule;
 
 pub use lars::{Lars, LarsState};
+pub use loss_scale::LossScaler;
 pub use schedule::WarmupCosine;
 
 use burn::optim::decay::WeightDecayConfig;

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use anyhow::anyhow;
 use burn::data::dataloader::{DataLoader, Progress};
-use burn::optim::GradientsAccumulator;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::train::train::MultiDevicesTrainStep;
 use burn::train::{EventProcessorTraining, Interrupter, Learner, LearnerEvent, TrainingItem};
 use indicatif::ProgressBar;
@@ -67,6 +67,11 @@ impl EpochRun<'_> {
         }
     }
 
+    /// The loss scale of the next step: the f16 scaler's, else 1.
+    fn loss_scale(&self) -> f64 {
+        self.state.loss_scale.as_ref().map_or(1.0, |s| s.scale)
+    }
+
     fn check_finite(&self, loss: f64, checkpoints: &std::path::Path) -> anyhow::Result<()> {
         if loss.is_finite() {
             return Ok(());
@@ -97,16 +102,36 @@ fn scalar(t: &burn::tensor::Tensor<1>) -> f64 {
 }
 
 impl SceStrategy {
-    /// The step's figures for TensorBoard.
-    fn log_step(&self, step: usize, loss: f64, similarity: f64, learner: &Learner<SceModel>) {
-        self.report.lock().unwrap().scalars(
-            step,
-            &[
-                ("train/loss", loss),
-                ("train/positive_similarity", similarity),
-                ("train/lr", learner.lr_current().base()),
-            ],
-        );
+    /// The step's figures for TensorBoard (with the loss scale the next step uses, in f16).
+    fn log_step(&self, run: &EpochRun, loss: f64, similarity: f64, learner: &Learner<SceModel>) {
+        let mut scalars = vec![
+            ("train/loss", loss),
+            ("train/positive_similarity", similarity),
+            ("train/lr", learner.lr_current().base()),
+        ];
+        if let Some(scaler) = &run.state.loss_scale {
+            scalars.push(("train/loss_scale", scaler.scale));
+            scalars.push(("train/skipped_steps", scaler.skipped_steps as f64));
+        }
+        self.report
+            .lock()
+            .unwrap()
+            .scalars(run.state.global_step, &scalars);
+    }
+
+    /// The step's gradients ready for the optimizer: in f16 unscaled, none at all when they
+    /// overflowed (see [`LossScaler::unscale`]). Under MPI they are already averaged, so every
+    /// rank decides alike.
+    fn unscaled(
+        &self,
+        run: &mut EpochRun,
+        grads: GradientsParams,
+        learner: &Learner<SceModel>,
+    ) -> anyhow::Result<GradientsParams> {
+        match run.state.loss_scale.as_mut() {
+            Some(scaler) => scaler.unscale(grads, &learner.model()),
+            None => Ok(grads),
+        }
     }
 
     /// The steps of epoch `epoch` (from the batch `state` is at), on one device or several.
@@ -144,7 +169,8 @@ impl SceStrategy {
         while let Some(item) = batches.next() {
             let batch = item.map_err(|e| anyhow!("reading training data: {e}"))?;
             let progress = batches.progress();
-            self.step_context.begin_step(run.state.global_step);
+            self.step_context
+                .begin_step(run.state.global_step, run.loss_scale());
             let mut output = learner.train_step(batch);
             let mut loss = scalar(&output.item.loss);
             let mut similarity = scalar(&output.item.positive_similarity);
@@ -165,8 +191,9 @@ impl SceStrategy {
                 probe = probe.map(|input| self.ranks.gather_probe(input));
             }
             run.check_finite(loss, &self.run.checkpoints())?;
+            let grads = self.unscaled(&mut run, output.grads, learner)?;
             learner.lr_step();
-            learner.optimizer_step(output.grads);
+            learner.optimizer_step(grads);
             let step = StepDone {
                 loss,
                 similarity,
@@ -202,7 +229,8 @@ impl SceStrategy {
         let mut tick = Instant::now();
         loop {
             let model = learner.model();
-            self.step_context.begin_step(run.state.global_step);
+            self.step_context
+                .begin_step(run.state.global_step, run.loss_scale());
             let (outputs, progress) = workers
                 .step(iterators.as_mut_slice(), &model)
                 .map_err(|e| anyhow!("multi-device step: {e}"))?;
@@ -222,8 +250,9 @@ impl SceStrategy {
                 items.push(out.output.item);
             }
             run.check_finite(loss, &self.run.checkpoints())?;
+            let grads = self.unscaled(&mut run, accumulator.grads(), learner)?;
             learner.lr_step();
-            learner.optimizer_step(accumulator.grads());
+            learner.optimizer_step(grads);
             let step = StepDone {
                 loss,
                 similarity,
@@ -254,7 +283,7 @@ impl SceStrategy {
         let seconds = tick.elapsed().as_secs_f64();
         *tick = Instant::now();
         run.record(step.loss, step.similarity, step.images, seconds);
-        self.log_step(run.state.global_step, step.loss, step.similarity, learner);
+        self.log_step(run, step.loss, step.similarity, learner);
         for item in step.items {
             run.process(item, step.progress.clone(), learner.lr_current());
         }
@@ -282,6 +311,8 @@ impl SceStrategy {
             knn_top1: evaluation.map(|e| e.knn.top1),
             probe_train_top1,
             probe_top1: evaluation.and_then(|e| e.probe_top1),
+            loss_scale: state.loss_scale.as_ref().map(|s| s.scale),
+            skipped_steps: state.loss_scale.as_ref().map(|s| s.skipped_steps),
             images_per_s: (state.epoch_batches * self.batch_size * self.replicas()) as f64
                 / state.epoch_seconds.max(1e-9),
             seconds: state.epoch_seconds,

@@ -221,6 +221,10 @@ fn pretrain_as(args: &PretrainArgs, ranks: Arc<Ranks>) -> anyhow::Result<Summary
     if crate::device::adapt_to_device(&device)?.short {
         console.line(crate::device::short_reductions_note(&device));
     }
+    let precision = config.run.precision.precision();
+    if let Some(note) = crate::device::use_precision(&devices, precision)? {
+        console.line(note);
+    }
     let train_device = device.clone().autodiff();
     let train_devices: Vec<_> = devices.iter().map(|d| d.clone().autodiff()).collect();
     device.seed(config.run.seed);
@@ -311,7 +315,7 @@ fn pretrain_as(args: &PretrainArgs, ranks: Arc<Ranks>) -> anyhow::Result<Summary
         &train_device,
         &console,
     );
-    let (model, optim, state, probe) = match resume_from {
+    let (model, optim, mut state, probe) = match resume_from {
         Some((step, manifest)) => {
             let probe = probe
                 .map(|probe| restore_probe(&run, step, &manifest, probe, &console))
@@ -326,6 +330,11 @@ fn pretrain_as(args: &PretrainArgs, ranks: Arc<Ranks>) -> anyhow::Result<Summary
             TrainState::fresh(config.run.seed, ranks.size),
             probe,
         ),
+    };
+    // f16 scales its loss (the scaler's state resumes with the run); f32 and bf16 do not.
+    state.loss_scale = match precision.needs_loss_scaling() {
+        true => Some(state.loss_scale.take().unwrap_or_default()),
+        false => None,
     };
     if state.ranks != ranks.size {
         return Err(usage(format!(
@@ -517,6 +526,8 @@ fn pretrain_as(args: &PretrainArgs, ranks: Arc<Ranks>) -> anyhow::Result<Summary
                 probe_train_top1: last.probe_train_top1,
                 images_per_s: state.train_images as f64 / state.train_seconds.max(1e-9),
                 seconds: state.wall_seconds,
+                precision: precision.name().to_string(),
+                skipped_steps: state.loss_scale.as_ref().map(|s| s.skipped_steps),
                 skipped,
             };
             if ranks.writes() {

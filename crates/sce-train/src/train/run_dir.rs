@@ -39,9 +39,19 @@ pub struct Summary {
     pub images_per_s: f64,
     /// Wall time of the run, evaluation included.
     pub seconds: f64,
+    /// What convolutions and linear layers computed in (`run.precision`).
+    #[serde(default = "f32_name")]
+    pub precision: String,
+    /// Steps skipped for overflowing gradients (f16 only).
+    #[serde(default)]
+    pub skipped_steps: Option<u64>,
     /// Unreadable images skipped in this session (`data.skip_corrupt`), each with the reason.
     #[serde(default)]
     pub skipped: Vec<String>,
+}
+
+fn f32_name() -> String {
+    "f32".into()
 }
 
 #[derive(Clone, Debug)]
@@ -197,12 +207,12 @@ impl RunDir {
     pub fn write_metrics(&self, rows: &[EpochRow]) -> anyhow::Result<()> {
         let mut csv = String::from(
             "epoch,step,loss,lr,positive_similarity,knn_top1,probe_train_top1,probe_top1,\
-             images_per_s,seconds\n",
+             loss_scale,skipped_steps,images_per_s,seconds\n",
         );
         let percent = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_default();
         for r in rows {
             csv.push_str(&format!(
-                "{},{},{:.6},{:.6e},{:.6},{},{},{},{:.2},{:.2}\n",
+                "{},{},{:.6},{:.6e},{:.6},{},{},{},{},{},{:.2},{:.2}\n",
                 r.epoch,
                 r.step,
                 r.loss,
@@ -211,6 +221,8 @@ impl RunDir {
                 percent(r.knn_top1),
                 percent(r.probe_train_top1),
                 percent(r.probe_top1),
+                r.loss_scale.map(|v| v.to_string()).unwrap_or_default(),
+                r.skipped_steps.map(|v| v.to_string()).unwrap_or_default(),
                 r.images_per_s,
                 r.seconds
             ));

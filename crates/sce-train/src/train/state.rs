@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::optim::LossScaler;
+
 /// One line of `metrics.csv`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochRow {
@@ -18,6 +20,12 @@ pub struct EpochRow {
     /// The online probe's top-1 on the kNN test set, at each kNN evaluation.
     #[serde(default)]
     pub probe_top1: Option<f64>,
+    /// The f16 loss scale at the epoch's end and the steps skipped so far for overflowing
+    /// gradients (absent in f32 and bf16).
+    #[serde(default)]
+    pub loss_scale: Option<f64>,
+    #[serde(default)]
+    pub skipped_steps: Option<u64>,
     pub images_per_s: f64,
     pub seconds: f64,
 }
@@ -55,6 +63,9 @@ pub struct TrainState {
     /// so it resumes only on as many.
     #[serde(default = "one")]
     pub ranks: usize,
+    /// The loss scale of an f16 run (none in f32 and bf16).
+    #[serde(default)]
+    pub loss_scale: Option<LossScaler>,
 }
 
 fn one() -> usize {
