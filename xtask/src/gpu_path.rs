@@ -91,20 +91,11 @@ pub fn run(data: &str, features: &str) -> anyhow::Result<()> {
          (untrained: {:.1} % and {:.1} %)",
         wgpu.knn, cpu.knn, wgpu.knn_initial, cpu.knn_initial
     );
-    let mut failures = Vec::new();
-    for (step, (a, b)) in wgpu.losses.iter().zip(&cpu.losses).enumerate() {
-        let gap = (a - b).abs() / b.abs().max(1e-12);
-        eprintln!(
-            "GPU path: step {} loss {a:.6} on wgpu, {b:.6} on cpu (relative gap {gap:.1e})",
-            step + 1
-        );
-        if gap > MAX_LOSS_GAP {
-            failures.push(format!(
-                "step {}'s loss differs by {gap:.1e} (allowed: {MAX_LOSS_GAP:.0e})",
-                step + 1
-            ));
-        }
-    }
+    let mut failures = compare_losses(
+        (&wgpu.losses, "on wgpu"),
+        (&cpu.losses, "on cpu"),
+        MAX_LOSS_GAP,
+    );
     for (what, a, b) in [
         ("kNN top-1", wgpu.knn, cpu.knn),
         ("untrained kNN top-1", wgpu.knn_initial, cpu.knn_initial),
@@ -290,21 +281,11 @@ const F16_LOSS_STEPS: usize = 2;
 /// within [`MAX_KNN_GAP`] points, the loss scaler ran (it reports its skipped steps) and the
 /// run ended finite.
 fn compare_f16(half: &TinyRun, full: &TinyRun) -> anyhow::Result<()> {
-    let mut failures = Vec::new();
-    let pairs = half.losses.iter().zip(&full.losses).take(F16_LOSS_STEPS);
-    for (step, (a, b)) in pairs.enumerate() {
-        let gap = (a - b).abs() / b.abs().max(1e-12);
-        eprintln!(
-            "GPU path: step {} loss {a:.6} in f16, {b:.6} in f32 (relative gap {gap:.1e})",
-            step + 1
-        );
-        if gap > MAX_F16_LOSS_GAP {
-            failures.push(format!(
-                "step {}'s loss differs by {gap:.1e} (allowed: {MAX_F16_LOSS_GAP:.0e})",
-                step + 1
-            ));
-        }
-    }
+    let mut failures = compare_losses(
+        (&half.losses[..F16_LOSS_STEPS], "in f16"),
+        (&full.losses, "in f32"),
+        MAX_F16_LOSS_GAP,
+    );
     eprintln!(
         "GPU path: f16 kNN top-1 {:.1} % after the run (f32 {:.1} %), untrained {:.1} % (f32 \
          {:.1} %); {} of the steps skipped by the loss scaler",
@@ -333,6 +314,32 @@ fn compare_f16(half: &TinyRun, full: &TinyRun) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Prints two runs' losses step by step (each run's label after its loss) and returns a failure
+/// for every step whose relative gap exceeds `max_gap`; steps beyond the shorter run are not
+/// compared.
+fn compare_losses(
+    (run, label): (&[f64], &str),
+    (reference, reference_label): (&[f64], &str),
+    max_gap: f64,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (step, (a, b)) in run.iter().zip(reference).enumerate() {
+        let gap = (a - b).abs() / b.abs().max(1e-12);
+        eprintln!(
+            "GPU path: step {} loss {a:.6} {label}, {b:.6} {reference_label} (relative gap \
+             {gap:.1e})",
+            step + 1
+        );
+        if gap > max_gap {
+            failures.push(format!(
+                "step {}'s loss differs by {gap:.1e} (allowed: {max_gap:.0e})",
+                step + 1
+            ));
+        }
+    }
+    failures
 }
 
 /// bf16 is checked where the device computes it and refused by name where it does not (Mesa's

@@ -69,25 +69,11 @@ pub fn gemm_tolerance() -> f64 {
 /// the largest expected value, since half-precision rounding scales with the operands, not with
 /// each output (an output near zero is a sum of large terms that cancel).
 pub fn gemm_error(got: &[f64], expected: &[f64]) -> f64 {
-    if precision() == Precision::F32 {
-        return relative_error(got, expected);
+    match precision() {
+        Precision::F32 => relative_error(got, expected),
+        // A floor of the largest value itself: every error is taken relative to it.
+        Precision::F16 | Precision::BF16 => error_above_floor(got, expected, 1.0),
     }
-    if got.len() != expected.len() {
-        return f64::INFINITY;
-    }
-    let largest = expected
-        .iter()
-        .fold(f64::MIN_POSITIVE, |m, v| m.max(v.abs()));
-    got.iter()
-        .zip(expected)
-        .map(|(g, e)| {
-            if g.is_finite() {
-                (g - e).abs() / largest
-            } else {
-                f64::INFINITY
-            }
-        })
-        .fold(0.0, f64::max)
 }
 
 /// Deterministic values in [-1, 1) (SplitMix64), the same for the host and the device.
@@ -121,11 +107,17 @@ pub fn download<const D: usize>(tensor: Tensor<D>) -> Vec<f64> {
 /// with a floor so that elements near zero are judged at the scale of the whole result.
 /// Non-finite values and a wrong length count as an infinite error.
 pub fn relative_error(got: &[f64], expected: &[f64]) -> f64 {
+    error_above_floor(got, expected, 1e-2)
+}
+
+/// Largest `|got − expected| / max(|expected|, floor · the largest |expected|)`; non-finite
+/// values and a wrong length count as an infinite error.
+fn error_above_floor(got: &[f64], expected: &[f64], floor: f64) -> f64 {
     if got.len() != expected.len() {
         return f64::INFINITY;
     }
     let largest = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let floor = (1e-2 * largest).max(f64::MIN_POSITIVE);
+    let floor = (floor * largest).max(f64::MIN_POSITIVE);
     got.iter()
         .zip(expected)
         .map(|(g, e)| {
