@@ -14,6 +14,8 @@
 //!   (SyncBatchNorm's statistics), through whatever transport the binary hands it.
 //! - [`rows`]: softmax and sums along long rows (the losses' similarity rows), whole or in
 //!   blocks for the same devices.
+//! - [`topk`]: the largest values of each row and their indices (kNN, top-5 accuracy), the
+//!   device's answer proven and, where the device ranks wrongly, recomputed on the host.
 //! - [`check`]: what numerical checks of a device against float64 are made of, and the probes
 //!   of Burn's one-pass reductions that decide between the implementations above.
 //!
@@ -34,5 +36,6 @@ pub mod precision;
 pub mod ranks;
 pub mod rows;
 mod switch;
+pub mod topk;
 
 pub use switch::Switch;

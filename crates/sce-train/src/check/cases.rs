@@ -36,6 +36,7 @@ pub const CASES: &[Case] = &[
     (LARS_NORM, lars_norm),
     (EMA, ema),
     (SHAPES, trunk_shapes),
+    (TOP_K, top_k),
 ];
 
 const SHORT_ROWS: &str = "sum over many short rows (8,192 × 64)";
@@ -55,6 +56,9 @@ const LARGE_QUEUE: &str = "SCE loss and dL/dq against a 65,536-key queue (ImageN
 const LARS_NORM: &str = "norm of a 512 × 512 × 3 × 3 weight (LARS trust ratio)";
 const EMA: &str = "momentum (EMA) update of parameters";
 const SHAPES: &str = "ResNet-18 CIFAR and ResNet-50 ImageNet trunk output shapes";
+const TOP_K: &str = "top-200 of rows of 2,000 (kNN evaluation), values and indices";
+const TOP_K_ON_HOST: &str = "top-200 of rows of 2,000 (kNN evaluation), values and indices: \
+     the device's one-pass top-k was wrong, ranked on the host";
 
 /// Many rows, each short: a device that runs out of work per invocation on the total, not
 /// per row, fails here.
@@ -591,6 +595,31 @@ fn trunk_shapes(device: &Device) -> CheckOutcome {
             && download(features).iter().all(|v| v.is_finite())
     });
     CheckOutcome::new(SHAPES, if all_right { 0.0 } else { f64::INFINITY }, 0.0)
+}
+
+/// kNN evaluation's ranking as evaluation computes it ([`sce_ops::topk::top_k_rows`]): the
+/// values against a float64 sort, and each index pointing at its value. The name says when the
+/// device's own top-k failed and the host ranked instead (lavapipe, from k = 64 on).
+fn top_k(device: &Device) -> CheckOutcome {
+    let (rows, len, k) = (64, 2000, 200);
+    let values = host_values(rows * len, 31);
+    let top = sce_ops::topk::top_k_rows(upload(&values, [rows, len], device), k);
+    let name = if top.recomputed_on_host {
+        TOP_K_ON_HOST
+    } else {
+        TOP_K
+    };
+    let mut expected = Vec::with_capacity(rows * k);
+    let mut pointed = Vec::with_capacity(rows * k);
+    for (r, row) in values.chunks(len).enumerate() {
+        let mut sorted: Vec<f64> = row.iter().map(|&v| v as f64).collect();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        expected.extend_from_slice(&sorted[..k]);
+        pointed.extend(top.row_indices(r).iter().map(|&i| row[i] as f64));
+    }
+    let got: Vec<f64> = top.values.iter().map(|&v| v as f64).collect();
+    let error = relative_error(&got, &expected).max(relative_error(&pointed, &got));
+    CheckOutcome::new(name, error, TIGHT)
 }
 
 #[cfg(test)]

@@ -138,12 +138,10 @@ impl EmbedCmd {
             );
             let q = sce_model::l2_normalize(trunk.forward(q));
             let sims = q.matmul(features.transpose());
-            let (values, indices) = sims.topk_with_indices(self.top.min(n), 1);
-            let values: Vec<f32> = values.into_data().convert::<f32>().try_to_vec().unwrap();
-            let indices: Vec<i64> = indices.into_data().convert::<i64>().try_to_vec().unwrap();
+            let top = sce_ops::topk::top_k_rows(sims, self.top.min(n));
+            crate::eval::note_host_ranking(&top);
             eprintln!("nearest to {}:", query.display());
-            for (rank, (&i, &s)) in indices.iter().zip(&values).enumerate() {
-                let i = i as usize;
+            for (rank, (&i, &s)) in top.indices.iter().zip(&top.values).enumerate() {
                 eprintln!("{:>3}. {:.4}  {}", rank + 1, s, names[i]);
                 neighbours.push(Neighbour {
                     rank: rank + 1,

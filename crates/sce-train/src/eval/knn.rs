@@ -5,6 +5,7 @@ use burn::tensor::{Device, Tensor};
 use sce_data::augment::EvalTransform;
 use sce_data::{ImageSource, SkipLog};
 use sce_model::ResNet;
+use sce_ops::topk::{TopRows, top_k_rows};
 use serde::Serialize;
 
 use super::{FeatureSet, extract_features};
@@ -25,6 +26,20 @@ fn rank_of_truth(scores: &[f64], truth: usize) -> usize {
         .enumerate()
         .filter(|&(c, &s)| c != truth && s >= scores[truth])
         .count()
+}
+
+/// Says once per process that the device's top-k failed its proof and ranking moved to the
+/// host: the numbers are right, only slower (sce_ops::topk).
+pub(crate) fn note_host_ranking(top: &TopRows) {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    if top.recomputed_on_host {
+        SAID.call_once(|| {
+            eprintln!(
+                "note: this device's top-k came out wrong (Burn's one-pass top-k on some Vulkan \
+                 devices); similarities are ranked on the host instead, exactly but more slowly"
+            )
+        });
+    }
 }
 
 /// Weighted cosine kNN (InstDisc protocol, as solo-learn): each of the `k` nearest bank
@@ -62,10 +77,9 @@ pub fn knn_classify(
     for start in (0..n_query).step_by(chunk) {
         let len = chunk.min(n_query - start);
         let sims = queries.clone().narrow(0, start, len).matmul(bank_t.clone());
-        let (values, indices) = sims.topk_with_indices(k, 1);
-        let values: Vec<f32> = values.into_data().convert::<f32>().try_to_vec().unwrap();
-        let indices: Vec<i64> = indices.into_data().convert::<i64>().try_to_vec().unwrap();
-        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+        let top = top_k_rows(sims, k);
+        note_host_ranking(&top);
+        if let Some(bad) = top.values.iter().find(|v| !v.is_finite()) {
             anyhow::bail!(
                 "kNN similarities are not finite ({bad}) for test images {}..{}: the features \
                  hold NaN or infinite values",
@@ -74,12 +88,11 @@ pub fn knn_classify(
             );
         }
         for q in 0..len {
-            let row = &values[q * k..(q + 1) * k];
+            let row = top.row_values(q);
             let best = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
             let mut scores = vec![0.0f64; classes];
-            for (j, &value) in row.iter().enumerate() {
-                let label = bank_labels[indices[q * k + j] as usize];
-                scores[label] += ((value as f64 - best) / temperature).exp();
+            for (&value, &index) in row.iter().zip(top.row_indices(q)) {
+                scores[bank_labels[index]] += ((value as f64 - best) / temperature).exp();
             }
             let rank = rank_of_truth(&scores, query_labels[start + q]);
             top1 += usize::from(rank == 0);

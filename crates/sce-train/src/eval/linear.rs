@@ -138,14 +138,14 @@ pub struct TestAccuracy {
 pub(crate) fn topk_correct(logits: Tensor<2>, labels: &[usize]) -> (usize, usize) {
     let [n, classes] = logits.dims();
     let k = 5.min(classes);
-    let top = logits.topk_with_indices(k, 1).1;
-    let top: Vec<i64> = top.into_data().convert::<i64>().try_to_vec().unwrap();
+    let top = sce_ops::topk::top_k_rows(logits, k);
+    super::note_host_ranking(&top);
     let mut c1 = 0;
     let mut c5 = 0;
-    for i in 0..n {
-        let row = &top[i * k..(i + 1) * k];
-        c1 += usize::from(row[0] as usize == labels[i]);
-        c5 += usize::from(row.iter().any(|&p| p as usize == labels[i]));
+    for (i, &label) in labels.iter().enumerate().take(n) {
+        let row = top.row_indices(i);
+        c1 += usize::from(row[0] == label);
+        c5 += usize::from(row.contains(&label));
     }
     (c1, c5)
 }
