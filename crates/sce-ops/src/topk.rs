@@ -8,7 +8,7 @@
 //! one count per row, far cheaper than the similarities it ranks — and recomputes the rows on
 //! the host when the proof fails. A device that computes top-k right pays the proof only.
 
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Int, Tensor, TensorData, Transaction};
 use rayon::prelude::*;
 
 use crate::rows::sum_rows;
@@ -49,45 +49,43 @@ pub fn top_k_rows(x: Tensor<2>, k: usize) -> TopRows {
 
 /// The device's answer if it is a top-k of `x`: `k` distinct indices in range per row, the
 /// values found at them, largest first, and no element outside them above the smallest.
+///
+/// Everything the proof needs is computed on the device and read back in one transaction: on
+/// a GPU each read-back is a synchronisation, and the online probe's accuracy ranks at every
+/// training step. The gather uses the indices clamped into range, so a wrong index (lavapipe's
+/// -1) cannot fault; the host then rejects it from the indices as returned.
 fn proven(x: &Tensor<2>, values: Tensor<2>, indices: Tensor<2, Int>) -> Option<TopRows> {
     let [rows, len] = x.dims();
     let [_, k] = values.dims();
-    let index_values: Vec<i64> = indices
+    let found = x
         .clone()
-        .into_data()
-        .convert::<i64>()
-        .try_to_vec()
-        .ok()?;
-    if index_values.iter().any(|&i| i < 0 || i as usize >= len) {
+        .gather(1, indices.clone().clamp(0, len as i64 - 1));
+    let smallest = values.clone().narrow(1, k - 1, 1).expand([rows, len]);
+    let above = sum_rows(x.clone().greater(smallest).float());
+    let [indices, values, found, above] = <[_; 4]>::try_from(
+        Transaction::default()
+            .register(indices)
+            .register(values)
+            .register(found)
+            .register(above)
+            .try_execute()
+            .ok()?,
+    )
+    .ok()?;
+    let floats = |data: TensorData| data.convert::<f32>().try_to_vec::<f32>().ok();
+    let (top, found, above) = (floats(values)?, floats(found)?, floats(above)?);
+    let indices: Vec<i64> = indices.convert::<i64>().try_to_vec().ok()?;
+    if indices.iter().any(|&i| i < 0 || i as usize >= len) {
         return None;
     }
-    let indices_host: Vec<usize> = index_values.iter().map(|&i| i as usize).collect();
-    if indices_host.chunks(k).any(has_repeats) {
+    let indices: Vec<usize> = indices.iter().map(|&i| i as usize).collect();
+    if indices.chunks(k).any(has_repeats) {
         return None;
     }
-    let top: Vec<f32> = values
-        .clone()
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec()
-        .ok()?;
-    let found: Vec<f32> = x
-        .clone()
-        .gather(1, indices)
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec()
-        .ok()?;
     // NaN != NaN: a row holding NaN is never proven, and the host ranks it.
     if top != found || top.chunks(k).any(|row| row.windows(2).any(|w| w[0] < w[1])) {
         return None;
     }
-    let smallest = values.narrow(1, k - 1, 1).expand([rows, len]);
-    let above: Vec<f32> = sum_rows(x.clone().greater(smallest).float())
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec()
-        .ok()?;
     // Every element above a row's smallest kept value must be one of the kept ones.
     let all_kept = top.chunks(k).zip(&above).all(|(row, &count)| {
         let kept_above = row.iter().filter(|&&v| v > row[k - 1]).count();
@@ -96,7 +94,7 @@ fn proven(x: &Tensor<2>, values: Tensor<2>, indices: Tensor<2, Int>) -> Option<T
     all_kept.then_some(TopRows {
         k,
         values: top,
-        indices: indices_host,
+        indices,
         recomputed_on_host: false,
     })
 }
@@ -129,14 +127,8 @@ fn on_host(x: Tensor<2>, k: usize) -> TopRows {
         })
         .collect();
     debug_assert_eq!(ranked.len(), rows);
-    let (values, indices) = ranked.into_iter().fold(
-        (Vec::with_capacity(rows * k), Vec::with_capacity(rows * k)),
-        |(mut values, mut indices), (v, i)| {
-            values.extend(v);
-            indices.extend(i);
-            (values, indices)
-        },
-    );
+    let (values, indices): (Vec<Vec<f32>>, Vec<Vec<usize>>) = ranked.into_iter().unzip();
+    let (values, indices) = (values.concat(), indices.concat());
     TopRows {
         k,
         values,
@@ -149,7 +141,7 @@ fn on_host(x: Tensor<2>, k: usize) -> TopRows {
 mod tests {
     use super::*;
     use crate::check::host_values;
-    use burn::tensor::{Device, TensorData};
+    use burn::tensor::Device;
 
     fn rows(values: Vec<f32>, shape: [usize; 2]) -> Tensor<2> {
         Tensor::from_data(TensorData::new(values, shape), &Device::default())
