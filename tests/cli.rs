@@ -227,6 +227,14 @@ fn check_reports_every_case_on_the_cpu() {
     );
     assert!(!stderr.contains("short passes"), "{stderr}");
     assert_eq!(report["one_pass_reductions"].as_array().unwrap().len(), 2);
+    // Burn's top-k is right on the CPU at every length and k the probe tries.
+    let top_k = report["one_pass_top_k"].as_array().unwrap();
+    assert_eq!(top_k.len(), 24, "{report}");
+    assert!(top_k.iter().all(|p| p["device_right"] == true), "{report}");
+    assert!(
+        stderr.contains("one-pass top-k of rows of 2000 is right for every k tried"),
+        "{stderr}"
+    );
 }
 
 /// A mistyped implementation switch is refused by name, not silently replaced by the default.

@@ -1,7 +1,7 @@
 //! The `k` largest values of each row and where they are, exact on every device.
 //!
 //! Burn's top-k on the GPU backends is one reduction (cubek's), and on some Vulkan devices it
-//! comes back wrong without failing: on Mesa's lavapipe, from k = 64 on (k = 200 is the kNN
+//! comes back wrong without failing: on Mesa's lavapipe, from k ≈ 64 on (k = 200 is the kNN
 //! protocol's), every index of a row but the first is -1 and a few others point elsewhere
 //! (docs/backends.md); cubek's issue 422 reports the same signature on NVIDIA under Vulkan at
 //! k = 5. [`top_k_rows`] therefore proves the device's answer on the device — one gather and
@@ -113,7 +113,7 @@ fn on_host(x: Tensor<2>, k: usize) -> TopRows {
         .convert::<f32>()
         .try_to_vec()
         .expect("a float tensor reads back as f32");
-    let ranked: Vec<(Vec<f32>, Vec<usize>)> = data
+    let (values, indices): (Vec<Vec<f32>>, Vec<Vec<usize>>) = data
         .par_chunks(len)
         .map(|row| {
             let larger_first = |a: &usize, b: &usize| row[*b].total_cmp(&row[*a]).then(a.cmp(b));
@@ -125,9 +125,8 @@ fn on_host(x: Tensor<2>, k: usize) -> TopRows {
             order.sort_unstable_by(larger_first);
             (order.iter().map(|&i| row[i]).collect(), order)
         })
-        .collect();
-    debug_assert_eq!(ranked.len(), rows);
-    let (values, indices): (Vec<Vec<f32>>, Vec<Vec<usize>>) = ranked.into_iter().unzip();
+        .unzip();
+    debug_assert_eq!(values.len(), rows);
     let (values, indices) = (values.concat(), indices.concat());
     TopRows {
         k,

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 pub use cases::CASES;
 pub use sce_ops::check::CheckOutcome;
+use sce_ops::check::{TopKProbe, describe_top_k, one_pass_top_k};
 
 use crate::backend::parse_device;
 use crate::config::PrecisionName;
@@ -41,6 +42,8 @@ struct CheckReport {
     passed: bool,
     /// Burn's one-pass reductions over long rows: what decided how training reduces here.
     one_pass_reductions: Vec<CheckOutcome>,
+    /// Where Burn's one-pass top-k is right here (kNN ranks with it, proven at each call).
+    one_pass_top_k: Vec<TopKProbe>,
     checks: Vec<CheckOutcome>,
 }
 
@@ -109,6 +112,10 @@ impl CheckCmd {
         if adaptation.short {
             console.line(short_reductions_note(&device));
         }
+        let top_k = one_pass_top_k(&device);
+        for line in describe_top_k(&top_k) {
+            console.line(line);
+        }
         let checks = run_checks(&device, |outcome| console.line(describe(outcome)));
         let failed: Vec<&str> = checks
             .iter()
@@ -121,6 +128,7 @@ impl CheckCmd {
                 precision: precision.name(),
                 passed: failed.is_empty(),
                 one_pass_reductions: adaptation.probes.clone(),
+                one_pass_top_k: top_k,
                 checks: checks.clone(),
             };
             println!("{}", serde_json::to_string(&report)?);
