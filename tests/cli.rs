@@ -232,7 +232,7 @@ fn check_reports_every_case_on_the_cpu() {
     assert_eq!(top_k.len(), 24, "{report}");
     assert!(top_k.iter().all(|p| p["device_right"] == true), "{report}");
     assert!(
-        stderr.contains("one-pass top-k of rows of 2000 is right for every k tried"),
+        stderr.contains("one-pass top-k of rows of 2,000 is right for every k tried"),
         "{stderr}"
     );
 }

@@ -9,6 +9,4 @@ pub use harness::{
     Case, CheckOutcome, GEMM, GEMM_BF16, GEMM_F16, TIGHT, download, gemm_error, gemm_tolerance,
     host_values, relative_error, row_reduction, upload,
 };
-pub use probes::{
-    TOP_K_KS, TOP_K_ROW_LENGTHS, TopKProbe, describe_top_k, one_pass_reductions, one_pass_top_k,
-};
+pub use probes::{TopKProbe, describe_top_k, one_pass_reductions, one_pass_top_k};

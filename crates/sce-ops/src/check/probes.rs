@@ -1,5 +1,8 @@
-//! Probes of how a device reduces long rows: not checks, but what decides how training
-//! reduces on it ([`crate::rows::set_long_rows`], [`crate::norm::set_statistics_reduction`]).
+//! Probes of what a device gets wrong in Burn's one-pass kernels: not checks, but what decides
+//! how training reduces long rows on it ([`crate::rows::set_long_rows`],
+//! [`crate::norm::set_statistics_reduction`]) and what its top-k costs.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use burn::tensor::Device;
 use serde::Serialize;
@@ -23,8 +26,8 @@ pub fn one_pass_reductions(device: &Device) -> [CheckOutcome; 2] {
 
 /// The row lengths and `k`s [`one_pass_top_k`] tries: kNN ranks rows as long as the bank with
 /// k = 200; the small `k`s bracket where lavapipe's answer turns wrong (docs/backends.md).
-pub const TOP_K_ROW_LENGTHS: [usize; 2] = [500, 2_000];
-pub const TOP_K_KS: [usize; 12] = [1, 5, 16, 32, 33, 48, 63, 64, 100, 127, 128, 200];
+pub(crate) const TOP_K_ROW_LENGTHS: [usize; 2] = [500, 2_000];
+pub(crate) const TOP_K_KS: [usize; 12] = [1, 5, 16, 32, 33, 48, 63, 64, 100, 127, 128, 200];
 
 /// Whether the device's one-pass top-k of 64 random rows of one length passed
 /// [`top_k_rows`]'s proof at one `k`.
@@ -37,7 +40,8 @@ pub struct TopKProbe {
 
 /// Where Burn's one-pass top-k is right on the device. Decides nothing — every call of
 /// [`top_k_rows`] proves its own answer and ranks on the host when it fails — but says what a
-/// device costs: each failed `k` is a read-back and a host sort per call.
+/// device costs: each failed `k` is a read-back and a host sort per call. A `k` whose kernel
+/// panics counts as wrong, so one bad kernel does not end the probe (nor `sce-train check`).
 pub fn one_pass_top_k(device: &Device) -> Vec<TopKProbe> {
     const ROWS: usize = 64;
     TOP_K_ROW_LENGTHS
@@ -45,11 +49,13 @@ pub fn one_pass_top_k(device: &Device) -> Vec<TopKProbe> {
         .flat_map(|&row_length| {
             let values = host_values(ROWS * row_length, 41);
             TOP_K_KS.iter().map(move |&k| {
-                let top = top_k_rows(upload(&values, [ROWS, row_length], device), k);
+                let ranked = catch_unwind(AssertUnwindSafe(|| {
+                    top_k_rows(upload(&values, [ROWS, row_length], device), k)
+                }));
                 TopKProbe {
                     row_length,
                     k,
-                    device_right: !top.recomputed_on_host,
+                    device_right: ranked.is_ok_and(|top| !top.recomputed_on_host),
                 }
             })
         })
@@ -71,7 +77,10 @@ pub fn describe_top_k(probes: &[TopKProbe]) -> Vec<String> {
                 ks.join(", ")
             };
             let (right, wrong) = (ks(true), ks(false));
-            let rows = format!("device: one-pass top-k of rows of {row_length}");
+            let rows = format!(
+                "device: one-pass top-k of rows of {}",
+                with_thousands(row_length)
+            );
             match (right.is_empty(), wrong.is_empty()) {
                 (_, true) => format!("{rows} is right for every k tried ({right})"),
                 (true, false) => {
@@ -83,6 +92,19 @@ pub fn describe_top_k(probes: &[TopKProbe]) -> Vec<String> {
             }
         })
         .collect()
+}
+
+/// `2000` as `2,000`, as the check names write row lengths.
+fn with_thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut grouped = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    grouped
 }
 
 #[cfg(test)]
@@ -107,8 +129,16 @@ mod tests {
         );
         assert_eq!(
             lines[1],
-            "device: one-pass top-k of rows of 2000 is right for every k tried (5)"
+            "device: one-pass top-k of rows of 2,000 is right for every k tried (5)"
         );
+    }
+
+    #[test]
+    fn thousands_are_grouped() {
+        let grouped: Vec<String> = [7, 500, 2_000, 100_352, 1_234_567]
+            .map(with_thousands)
+            .into();
+        assert_eq!(grouped, ["7", "500", "2,000", "100,352", "1,234,567"]);
     }
 
     #[test]

@@ -599,7 +599,8 @@ fn trunk_shapes(device: &Device) -> CheckOutcome {
 
 /// kNN evaluation's ranking as evaluation computes it ([`sce_ops::topk::top_k_rows`]): the
 /// values against a float64 sort, and each index pointing at its value. The name says when the
-/// device's own top-k failed and the host ranked instead (lavapipe, from k ≈ 64 on: `check` prints where).
+/// device's own top-k failed and the host ranked instead (lavapipe, from k ≈ 64 on: `check`
+/// prints where).
 fn top_k(device: &Device) -> CheckOutcome {
     let (rows, len, k) = (64, 2000, 200);
     let values = host_values(rows * len, 31);

@@ -53,25 +53,33 @@ pub fn run_checks(
     device: &burn::tensor::Device,
     mut report: impl FnMut(&CheckOutcome),
 ) -> Vec<CheckOutcome> {
+    with_panic_messages_silenced(|| {
+        CASES
+            .iter()
+            .map(|(name, case)| {
+                let outcome = catch_unwind(AssertUnwindSafe(|| case(device))).unwrap_or_else(|p| {
+                    let message = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "the backend panicked".into());
+                    CheckOutcome::aborted(name, message)
+                });
+                report(&outcome);
+                outcome
+            })
+            .collect()
+    })
+}
+
+/// Runs `f` with the panic hook muted: a backend panic that `f` catches becomes a failed check
+/// or probe in the report, not a message and backtrace in the middle of it.
+fn with_panic_messages_silenced<T>(f: impl FnOnce() -> T) -> T {
     let previous_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let outcomes = CASES
-        .iter()
-        .map(|(name, case)| {
-            let outcome = catch_unwind(AssertUnwindSafe(|| case(device))).unwrap_or_else(|p| {
-                let message = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "the backend panicked".into());
-                CheckOutcome::aborted(name, message)
-            });
-            report(&outcome);
-            outcome
-        })
-        .collect();
+    let result = f();
     std::panic::set_hook(previous_hook);
-    outcomes
+    result
 }
 
 /// One line per check: verdict, name, error against the tolerance.
@@ -112,7 +120,7 @@ impl CheckCmd {
         if adaptation.short {
             console.line(short_reductions_note(&device));
         }
-        let top_k = one_pass_top_k(&device);
+        let top_k = with_panic_messages_silenced(|| one_pass_top_k(&device));
         for line in describe_top_k(&top_k) {
             console.line(line);
         }
