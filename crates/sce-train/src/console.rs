@@ -63,3 +63,54 @@ impl Console {
         }
     }
 }
+
+/// Runs `f` with the panic hook muted: a backend panic that `f` catches becomes a failed check
+/// or probe in a report, or a fallback at start-up, not a message and backtrace on stderr.
+pub(crate) fn with_panic_messages_silenced<T>(f: impl FnOnce() -> T) -> T {
+    let previous_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = f();
+    std::panic::set_hook(previous_hook);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    use super::with_panic_messages_silenced;
+
+    thread_local! {
+        /// Panics seen by the test's hook on this thread only: other tests run beside it.
+        static HOOK_CALLS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn caught_panic() -> bool {
+        catch_unwind(AssertUnwindSafe(|| panic!("a backend kernel failed"))).is_err()
+    }
+
+    // The panic hook is global: no other unit test of this crate sets it, so swapping it here
+    // does not race with them.
+    #[test]
+    fn a_caught_panic_is_not_reported_inside_and_the_hook_is_restored_after() {
+        let outer = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| HOOK_CALLS.with(|c| c.set(c.get() + 1))));
+
+        let value = with_panic_messages_silenced(|| {
+            assert!(caught_panic());
+            7
+        });
+        let muted_calls = HOOK_CALLS.with(Cell::get);
+        assert!(caught_panic());
+        let restored_calls = HOOK_CALLS.with(Cell::get);
+
+        std::panic::set_hook(outer);
+        assert_eq!(value, 7);
+        assert_eq!(muted_calls, 0, "the muted hook must not see the panic");
+        assert_eq!(
+            restored_calls, 1,
+            "the previous hook must be back afterwards"
+        );
+    }
+}

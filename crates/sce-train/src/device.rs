@@ -12,6 +12,8 @@ use sce_ops::rows::{LongRows, set_long_rows};
 
 use sce_ops::check::{CheckOutcome, one_pass_reductions};
 
+use crate::console::with_panic_messages_silenced;
+
 /// How training reduces long rows on a device, and what decided it.
 pub struct Adaptation {
     /// Short reductions: batch-norm statistics over width, height and batch in turn, the
@@ -33,9 +35,13 @@ pub fn adapt_to_device(device: &burn::tensor::Device) -> anyhow::Result<Adaptati
         Some("short") => (true, Vec::new()),
         Some(_) => (false, Vec::new()),
         None => {
-            let probes = catch_unwind(AssertUnwindSafe(|| one_pass_reductions(device)))
-                .map(Vec::from)
-                .unwrap_or_default();
+            // A probe that panics counts as wrong: training reduces in short passes, and
+            // the panic's message is muted so that start-up does not print a backtrace.
+            let probes = with_panic_messages_silenced(|| {
+                catch_unwind(AssertUnwindSafe(|| one_pass_reductions(device)))
+            })
+            .map(Vec::from)
+            .unwrap_or_default();
             (
                 probes.is_empty() || probes.iter().any(|p| !p.passed),
                 probes,

@@ -22,6 +22,7 @@ use sce_ops::check::{TopKProbe, describe_top_k, one_pass_top_k};
 
 use crate::backend::parse_device;
 use crate::config::PrecisionName;
+use crate::console::with_panic_messages_silenced;
 use crate::device::{adapt_to_device, short_reductions_note, use_precision};
 use crate::options::Common;
 
@@ -70,16 +71,6 @@ pub fn run_checks(
             })
             .collect()
     })
-}
-
-/// Runs `f` with the panic hook muted: a backend panic that `f` catches becomes a failed check
-/// or probe in the report, not a message and backtrace in the middle of it.
-fn with_panic_messages_silenced<T>(f: impl FnOnce() -> T) -> T {
-    let previous_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let result = f();
-    std::panic::set_hook(previous_hook);
-    result
 }
 
 /// One line per check: verdict, name, error against the tolerance.
